@@ -1,0 +1,5 @@
+import sys
+
+from gradnas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,41 @@
+"""Checkpoints: one state dict per file, written atomically, read back without running pickled code."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from gradnas.errors import GradnasError
+
+FORMAT = "gradnas.checkpoint/1"
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the old one: a crash at any
+    moment leaves either the previous checkpoint or the new one, never a torn file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load with ``weights_only=True``: tensors, numbers, strings and containers only."""
+    path = Path(path)
+    if not path.is_file():
+        raise GradnasError(f"no checkpoint at {path}; resume needs a run folder written by `gradnas search`")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GradnasError(f"checkpoint {path} is corrupt or not a gradnas checkpoint ({first}); "
+                           "delete it to start the run afresh") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise GradnasError(f"{path} is not a gradnas checkpoint (format {FORMAT!r} expected)")
+    return state

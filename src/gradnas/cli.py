@@ -1,0 +1,165 @@
+"""The `gradnas` command. Only this module knows every stage; errors become one message and exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from gradnas.errors import GradnasError
+
+DEFAULT_CONFIG = "quick"  # what plain `gradnas search` runs: MiLeNAS-1st on Fashion-MNIST, a proxy supernet
+
+# flag -> dotted config key; only flags the user actually gives are applied (argparse default None).
+SEARCH_FLAGS = {
+    "space": "space", "method": "method", "order": "order", "lam": "lambda", "relax": "relax",
+    "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
+    "cells": "supernet.cells", "channels": "supernet.channels", "seed": "seed", "device": "device",
+    "threads": "threads",
+}
+
+
+def _search_parser(sub):
+    p = sub.add_parser("search", help="search a cell with a gradient-based method",
+                       description="Search a cell. Without --config this runs the built-in quick default "
+                                   "(MiLeNAS-1st on Fashion-MNIST with a small proxy supernet, a few minutes on "
+                                   "2 CPU cores). Precedence: --config < flags < --set.")
+    p.add_argument("--config", help="YAML file, or the name of a shipped config (milenas-1st, darts-1st, "
+                                    "single-level-sigmoid, single-level-softmax, quick)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set w_optim.lr=0.01 (repeatable)")
+    p.add_argument("--space", help="search space (darts)")
+    p.add_argument("--method", help="architecture optimizer: milenas, darts, single-level")
+    p.add_argument("--order", type=int, help="1 (first order)")
+    p.add_argument("--lambda", dest="lam", type=float, help="MiLeNAS lambda (weight of the validation term)")
+    p.add_argument("--relax", help="relaxation: softmax or sigmoid")
+    p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
+    p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--cells", type=int)
+    p.add_argument("--channels", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--out", help="run folder (default: runs/<method>-<dataset>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _bench_parser(sub):
+    from gradnas.bench import BASELINE
+    p = sub.add_parser("bench", help="time one search step of each method on random data",
+                       description="Seconds per search step, images per second and peak memory of each method "
+                                   "with the real DARTS supernet on random 3x32x32 data, 10 classes.")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per method")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cells", type=int, default=8)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--methods", default=f"{BASELINE},darts,milenas,single-level",
+                   help="comma-separated; 'forward-backward' is one plain pass with all gradients")
+    p.add_argument("--out", default="bench.json", help="JSON file for the results")
+    return p
+
+
+def resolve_search_config(args):
+    """The resolved SearchConfig dict: shipped/default YAML, then flags, then --set."""
+    from gradnas.config import SearchConfig, load_yaml
+    return SearchConfig.from_dict(apply_cli_overrides(load_yaml(args.config or DEFAULT_CONFIG), args))
+
+
+def apply_cli_overrides(d: dict, args) -> dict:
+    """Apply the flags the user gave, then each --set, to a config dict (in place)."""
+    from gradnas.config import apply_override
+    for attr, key in SEARCH_FLAGS.items():
+        value = getattr(args, attr)
+        if value is not None:
+            *sections, last = key.split(".")
+            node = d
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[last] = value
+    for assignment in args.set:
+        apply_override(d, assignment)
+    return d
+
+
+def cmd_search(args) -> int:
+    from gradnas.config import SearchConfig, config_diff, load_yaml
+    from gradnas.search.loop import CONFIG_FILE, Search
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise GradnasError(f"{run_dir} is not a gradnas run folder (no {CONFIG_FILE}); give the folder a "
+                               "search wrote")
+        saved = SearchConfig.from_dict(load_yaml(str(run_dir / CONFIG_FILE)))
+        if args.config:
+            raise GradnasError("--resume takes its config from the run folder; drop --config")
+        cfg = SearchConfig.from_dict(apply_cli_overrides(saved.to_dict(), args))
+        diff = [x for x in config_diff(saved.to_dict(), cfg.to_dict()) if x[0] not in ("device", "threads")]
+        if diff:
+            key, old, new = diff[0]
+            raise GradnasError(f"{run_dir} was searched with {key}={old!r}, not {new!r}; a resumed search keeps "
+                               "its config (only --device and --threads may change). Start a new --out instead.")
+        out = run_dir
+    else:
+        cfg = resolve_search_config(args)
+        out = Path(args.out) if args.out else Path("runs") / (
+            f"{cfg.method}-{cfg.space}-{cfg.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    search = Search(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+    if args.resume:
+        print(f"resuming {out} after epoch {search.epoch}/{cfg.epochs}", file=sys.stderr)
+    try:
+        summary = search.run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last finished epoch ({search.epoch}) is saved. Continue with:\n"
+              f"  gradnas search --resume {out}", file=sys.stderr)
+        return 130
+    print(f"genotype: {summary['genotype']}")
+    print(f"best valid acc: {summary['best_valid_acc']:.2f}%")
+    print(f"run folder: {out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from gradnas.bench import run_bench, write_bench
+    from gradnas.search.loop import resolve_device
+    device = str(resolve_device(args.device))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    print(f"gradnas bench: batch {args.batch}, {args.cells} cells, {args.channels} channels, device {device}",
+          file=sys.stderr)
+    result = run_bench(methods=methods, batch=args.batch, steps=args.steps, warmup=args.warmup, device=device,
+                       cells=args.cells, channels=args.channels, threads=args.threads)
+    write_bench(result, args.out)
+    print(f"written {args.out}")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="gradnas", description="Gradient-based neural architecture search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _search_parser(sub)
+    _bench_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"search": cmd_search, "bench": cmd_bench}
+    try:
+        return handlers[args.command](args)
+    except GradnasError as exc:
+        print(f"gradnas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ngradnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

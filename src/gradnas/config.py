@@ -1,0 +1,216 @@
+"""Frozen configuration objects for a search, loaded from YAML, CLI flags and ``--set key=value``.
+
+The tree mirrors the object tree: ``data`` -> the data pipeline, ``supernet`` -> the search space,
+``w_optim`` / ``arch_optim`` -> the two optimizers, and the top level -> the search method and loop.
+Unknown keys are rejected with the list of valid ones; values are parsed as YAML data, never code.
+Defaults are the papers' CIFAR-10 search settings (DARTS / MiLeNAS: 50 epochs, batch 64, 8 cells,
+16 channels, SGD 0.025 cosine to 0.001, Adam 3e-4 for alpha).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gradnas.errors import GradnasError
+from gradnas.space.darts import DartsSpaceConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cifar10"
+    data_dir: str | None = None          # None: the dataset's default location
+    split_fraction: float = 0.5          # share of the training set that trains the weights
+    subset: int | None = None            # use only this many training images (quick runs)
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0                      # side of the cutout square; 0 = off (DARTS search uses none)
+    eval_batches: int | None = None      # arch-half batches for the end-of-epoch validation; None = all
+
+
+@dataclass(frozen=True)
+class WeightOptimConfig:
+    lr: float = 0.025
+    lr_min: float = 0.001                # cosine annealing floor
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0               # max norm of the weight gradient; 0 = no clipping
+
+
+@dataclass(frozen=True)
+class ArchOptimConfig:
+    lr: float = 3e-4
+    betas: tuple = (0.5, 0.999)
+    weight_decay: float | None = None    # None: the relaxation's default (softmax 1e-3, sigmoid 0)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: str = "darts"
+    method: str = "milenas"
+    order: int = 1
+    lam: float = 1.0                     # MiLeNAS lambda (YAML / CLI: `lambda`)
+    relax: str = "softmax"
+    epochs: int = 50
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    threads: int | None = None           # CPU threads; None = torch's default (all cores)
+    data: DataConfig = field(default_factory=DataConfig)
+    supernet: DartsSpaceConfig = field(default_factory=DartsSpaceConfig)
+    w_optim: WeightOptimConfig = field(default_factory=WeightOptimConfig)
+    arch_optim: ArchOptimConfig = field(default_factory=ArchOptimConfig)
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lam >= 0 and math.isfinite(self.lam), f"lambda must be a finite number >= 0, got {self.lam}"),
+            (self.order in (1, 2), f"order must be 1 or 2, got {self.order}"),
+            (0 < self.data.split_fraction < 1, f"data.split_fraction must be in (0, 1), got {self.data.split_fraction}"),
+            (self.data.subset is None or self.data.subset >= 2, f"data.subset must be >= 2, got {self.data.subset}"),
+            (self.data.eval_batches is None or self.data.eval_batches >= 1,
+             f"data.eval_batches must be >= 1 or null, got {self.data.eval_batches}"),
+            (self.data.cutout >= 0 and self.data.crop_padding >= 0, "data.cutout and data.crop_padding must be >= 0"),
+            (self.w_optim.lr > 0 and self.arch_optim.lr >= 0, "learning rates must be positive"),
+            (self.w_optim.lr_min >= 0 and self.w_optim.grad_clip >= 0, "w_optim.lr_min and grad_clip must be >= 0"),
+            (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GradnasError(f"config: {message}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lambda"] = d.pop("lam")
+        d["supernet"]["ops"] = list(d["supernet"]["ops"])
+        d["arch_optim"]["betas"] = list(d["arch_optim"]["betas"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchConfig":
+        return _build(cls, d, "")
+
+
+# Sections and their classes, for parsing and for the --set help.
+_SECTIONS = {"data": DataConfig, "supernet": DartsSpaceConfig, "w_optim": WeightOptimConfig,
+             "arch_optim": ArchOptimConfig}
+_ALIASES = {"lambda": "lam"}
+
+
+def _build(cls, d: Any, where: str):
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise GradnasError(f"config{' section ' + where if where else ''}: expected a mapping, got {d!r}")
+    names = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in d.items():
+        attr = _ALIASES.get(key, key) if cls is SearchConfig else key
+        if attr not in names:
+            valid = sorted(("lambda" if n == "lam" else n) for n in names)
+            raise GradnasError(f"config: unknown key {where + key!r}; valid keys{' in ' + where[:-1] if where else ''}: "
+                               f"{', '.join(valid)}")
+        if cls is SearchConfig and attr in _SECTIONS:
+            kwargs[attr] = _build(_SECTIONS[attr], value, f"{attr}.")
+        else:
+            kwargs[attr] = _coerce(value, names[attr], where + key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the key check above
+        raise GradnasError(f"config: {exc}") from None
+
+
+def _coerce(value, f: dataclasses.Field, where: str):
+    """Check a scalar against the field's declared type (ints accepted for floats, lists for tuples)."""
+    kind = str(f.type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise GradnasError(f"config: {where} may not be null")
+    if kind.startswith("tuple") or kind == "tuple":
+        if not isinstance(value, (list, tuple)):
+            raise GradnasError(f"config: {where} must be a list, got {value!r}")
+        return tuple(value)
+    if kind.startswith("bool"):
+        if not isinstance(value, bool):
+            raise GradnasError(f"config: {where} must be true or false, got {value!r}")
+        return value
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GradnasError(f"config: {where} must be an integer, got {value!r}")
+        return value
+    if kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GradnasError(f"config: {where} must be a number, got {value!r}")
+        return float(value)
+    if kind.startswith("str"):
+        if not isinstance(value, str):
+            raise GradnasError(f"config: {where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def load_yaml(path_or_name: str) -> dict:
+    """A config file's mapping. A bare name (``milenas-1st``) means a config shipped with gradnas."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        shipped = CONFIG_DIR / f"{path_or_name}.yaml"
+        if not shipped.is_file():
+            names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+            raise GradnasError(f"config {path_or_name!r} not found: give a YAML file path or a shipped config "
+                               f"name ({names})")
+        path = shipped
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise GradnasError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise GradnasError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def apply_override(d: dict, assignment: str) -> None:
+    """Apply one ``key.sub=value`` assignment in place; the value is parsed as YAML data."""
+    if "=" not in assignment:
+        raise GradnasError(f"--set {assignment!r}: expected key=value, e.g. --set w_optim.lr=0.01")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = d
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise GradnasError(f"--set {assignment!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append((f"{prefix}{k}", va, vb))
+    return out

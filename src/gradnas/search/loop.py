@@ -1,0 +1,242 @@
+"""The search loop shared by every architecture optimizer.
+
+Per epoch: paired (weight batch, architecture batch) steps through the method, a cosine step of the
+weight learning rate, validation of the supernet on the architecture half, the derived genotype, one
+line in metrics.jsonl and an atomic checkpoint. Batches and augmentation depend only on (seed, epoch),
+so a run resumed from the checkpoint of epoch k continues exactly as if it had never stopped.
+
+Run folder: config.yaml (resolved), split.json, metrics.jsonl, checkpoint.pt, genotype.json,
+summary.json (when finished).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from gradnas.checkpoint import load_checkpoint, save_checkpoint
+from gradnas.config import SearchConfig
+from gradnas.data import Augment, SearchSplit, PairedBatches, iterate_batches, load_dataset, make_search_split
+from gradnas.errors import GradnasError
+from gradnas.space import build_supernet
+from gradnas.space.genotype import save_genotype
+from gradnas.search.methods import make_method
+
+CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
+CHECKPOINT_FILE, GENOTYPE_FILE, SUMMARY_FILE = "checkpoint.pt", "genotype.json", "summary.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GradnasError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GradnasError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    return device
+
+
+def build_optimizers(cfg: SearchConfig, model):
+    w_optim = torch.optim.SGD(model.weight_parameters(), lr=cfg.w_optim.lr, momentum=cfg.w_optim.momentum,
+                              weight_decay=cfg.w_optim.weight_decay)
+    a_wd = cfg.arch_optim.weight_decay
+    if a_wd is None:
+        a_wd = model.relaxation.default_arch_weight_decay
+    a_optim = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_optim.lr, betas=tuple(cfg.arch_optim.betas),
+                               weight_decay=a_wd)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_optim, T_max=cfg.epochs, eta_min=cfg.w_optim.lr_min)
+    return w_optim, a_optim, scheduler
+
+
+@torch.no_grad()
+def evaluate(model, x, y, *, augment: Augment, batch_size: int, device, max_batches: int | None = None):
+    """Loss and accuracy (%) of the supernet in eval mode (BN running statistics), no augmentation."""
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    for b, (xb, yb) in enumerate(iterate_batches(x, y, batch_size=batch_size, augment=augment, device=device)):
+        if max_batches is not None and b >= max_batches:
+            break
+        logits = model(xb)
+        total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+        n += yb.numel()
+    model.train()
+    return total_loss / max(n, 1), 100.0 * correct / max(n, 1)
+
+
+class Search:
+    """Everything a search run holds, built from a config; `run()` executes the epochs."""
+
+    def __init__(self, cfg: SearchConfig, out_dir: str | os.PathLike, *, resume: bool = False,
+                 progress: bool = True):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.progress = progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self._prepare_folder(resume)
+
+        data = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        split_path = self.out / SPLIT_FILE
+        if resume and split_path.is_file():
+            self.split = SearchSplit.from_dict(json.loads(split_path.read_text()))
+        else:
+            self.split = make_search_split(len(data.train_y), fraction=cfg.data.split_fraction, seed=cfg.seed,
+                                           subset=cfg.data.subset)
+            _write_json(split_path, self.split.to_dict())
+        self.augment = Augment(data.mean, data.std, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
+                               cutout=cfg.data.cutout)
+        self.batches = PairedBatches(data.train_x, data.train_y, self.split, batch_size=cfg.batch_size,
+                                     augment=self.augment, device=self.device, seed=cfg.seed)
+        self.val_x, self.val_y = data.train_x[self.split.arch_idx], data.train_y[self.split.arch_idx]
+        self.dataset = data
+
+        self.model = build_supernet(cfg.space, cfg.supernet, cfg.relax, in_channels=data.channels,
+                                    num_classes=data.num_classes, seed=cfg.seed).to(self.device)
+        self.w_optim, self.a_optim, self.scheduler = build_optimizers(cfg, self.model)
+        self.method = make_method(cfg.method, self.model, w_optim=self.w_optim, a_optim=self.a_optim,
+                                  grad_clip=cfg.w_optim.grad_clip, order=cfg.order, lam=cfg.lam)
+        self.epoch = 0
+        self.best_valid_acc = -1.0
+        if resume:
+            self._load(load_checkpoint(self.out / CHECKPOINT_FILE, map_location=self.device))
+
+    # -- folder and state
+    def _prepare_folder(self, resume: bool) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise GradnasError(f"cannot write to the run folder {self.out} ({exc.strerror}); choose another --out")
+        if not resume and (self.out / CHECKPOINT_FILE).exists():
+            raise GradnasError(f"{self.out} already holds a search; continue it with `gradnas search --resume "
+                               f"{self.out}` or choose another --out")
+        if not resume:
+            (self.out / CONFIG_FILE).write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            (self.out / METRICS_FILE).write_text("")
+
+    def state_dict(self) -> dict:
+        return {
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "best_valid_acc": self.best_valid_acc,
+            "model": self.model.state_dict(),
+            "w_optim": self.w_optim.state_dict(),
+            "a_optim": self.a_optim.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "method": self.method.state_dict(),
+        }
+
+    def _load(self, state: dict) -> None:
+        from gradnas.config import config_diff
+        diff = [d for d in config_diff(state["config"], self.cfg.to_dict()) if d[0] not in ("device", "threads")]
+        if diff:
+            key, saved, now = diff[0]
+            raise GradnasError(f"the checkpoint in {self.out} was written with another config ({key}: {saved!r} "
+                               f"there, {now!r} now); resume without changing settings or start a new --out")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.w_optim.load_state_dict(state["w_optim"])
+            self.a_optim.load_state_dict(state["a_optim"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.method.load_state_dict(state["method"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise GradnasError(f"checkpoint in {self.out} does not match this search ({str(exc).splitlines()[0]}); "
+                               "start a new --out") from None
+        self.epoch = int(state["epoch"])
+        self.best_valid_acc = float(state["best_valid_acc"])
+        # Metrics lines past the checkpoint belong to an epoch that will be run again.
+        path = self.out / METRICS_FILE
+        if path.exists():
+            kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= self.epoch]
+            path.write_text("".join(l + "\n" for l in kept))
+
+    # -- the loop
+    def run(self, *, stop_after_epoch: int | None = None) -> dict:
+        """Run the remaining epochs; `stop_after_epoch` ends early after that epoch (as a crash would)."""
+        cfg = self.cfg
+        steps = len(self.batches)
+        for epoch in range(self.epoch, cfg.epochs):
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                break
+            t0 = time.time()
+            lr = self.scheduler.get_last_lr()[0]
+            self.model.train()
+            sums = {}
+            bar = tqdm(self.batches.epoch(epoch), total=steps, disable=not self.progress, leave=False,
+                       desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
+            for step, (train_batch, val_batch) in enumerate(bar):
+                stats = self.method.step(train_batch, val_batch if self.method.uses_val_batch else None)
+                self._check_finite(stats, epoch, step)
+                for prefix in ("train", "val"):  # sums of loss x count, correct and count per batch kind
+                    if f"{prefix}_n" in stats:
+                        n = stats[f"{prefix}_n"]
+                        for key, value in ((f"{prefix}_loss", stats[f"{prefix}_loss"] * n),
+                                           (f"{prefix}_correct", stats[f"{prefix}_correct"]), (f"{prefix}_n", n)):
+                            sums[key] = sums.get(key, 0.0) + value
+                bar.set_postfix(loss=f"{sums['train_loss'] / sums['train_n']:.3f}",
+                                acc=f"{100 * sums['train_correct'] / sums['train_n']:.1f}")
+            self.scheduler.step()
+            valid_loss, valid_acc = evaluate(self.model, self.val_x, self.val_y, augment=self.augment,
+                                             batch_size=cfg.batch_size, device=self.device,
+                                             max_batches=cfg.data.eval_batches)
+            if not math.isfinite(valid_loss):
+                raise self._nan_error(epoch, "validation")
+            genotype = self.model.genotype()
+            self.epoch = epoch + 1
+            self.best_valid_acc = max(self.best_valid_acc, valid_acc)
+            record = {
+                "epoch": self.epoch,
+                "lr": lr,
+                "train_loss": sums["train_loss"] / sums["train_n"],
+                "train_acc": 100.0 * sums["train_correct"] / sums["train_n"],
+                "valid_loss": valid_loss,
+                "valid_acc": valid_acc,
+                "genotype": genotype.to_string(),
+                "epoch_time": time.time() - t0,
+            }
+            if "val_n" in sums:  # running figures on the architecture batches, as the method saw them
+                record["arch_batch_loss"] = sums["val_loss"] / sums["val_n"]
+                record["arch_batch_acc"] = 100.0 * sums["val_correct"] / sums["val_n"]
+            record["edge_weights"] = self.model.edge_weights()
+            with open(self.out / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            save_genotype(genotype, self.out / GENOTYPE_FILE)
+            save_checkpoint(self.state_dict(), self.out / CHECKPOINT_FILE)
+            if self.progress:
+                tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {record['train_acc']:.2f}  "
+                           f"valid acc {valid_acc:.2f}  {genotype}")
+        summary = {"epochs_done": self.epoch, "finished": self.epoch >= cfg.epochs,
+                   "genotype": self.model.genotype().to_string(), "best_valid_acc": self.best_valid_acc,
+                   "run_dir": str(self.out)}
+        if summary["finished"]:
+            _write_json(self.out / SUMMARY_FILE, summary)
+        return summary
+
+    def _check_finite(self, stats, epoch, step):
+        for key in ("train_loss", "val_loss"):
+            if key in stats and not math.isfinite(stats[key]):
+                raise self._nan_error(epoch, f"{'training' if key == 'train_loss' else 'architecture'} (step {step})")
+
+    def _nan_error(self, epoch, where):
+        last = (f"the last good checkpoint (epoch {self.epoch}) is in {self.out}" if self.epoch else
+                "no epoch had finished, so there is no checkpoint")
+        return GradnasError(f"the {where} loss became NaN/inf in epoch {epoch + 1}; {last}. Lower the learning "
+                            "rates (w_optim.lr, arch_optim.lr) or check the data, then start a new run.")
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj) + "\n")
+    os.replace(tmp, path)

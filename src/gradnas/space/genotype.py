@@ -1,0 +1,218 @@
+"""Discrete cells of the DARTS space: derivation from relaxed weights, one canonical string, JSON.
+
+A cell with ``steps`` intermediate nodes numbers its nodes 0, 1 (the two inputs) and 2 .. steps+1.
+Each intermediate node keeps two incoming edges ``(op, input node)``. The canonical string writes a
+cell as node groups in the NAS-Bench-201 style, inputs sorted within a node, e.g.::
+
+    normal=|sep_conv_3x3~0|sep_conv_3x3~1|+|skip_connect~0|sep_conv_3x3~1|+...;reduce=|...|
+
+so two genotypes are equal exactly when their strings are, and the string can key a table.
+Nothing here is ever evaluated as code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from gradnas.errors import GradnasError
+
+FORMAT = "gradnas.genotype/1"
+
+Cell = tuple  # tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class Genotype:
+    normal: Cell
+    normal_concat: tuple
+    reduce: Cell
+    reduce_concat: tuple
+    space: str = "darts"
+
+    def __post_init__(self):
+        # Canonical order: node by node, and within a node by (input, op).
+        object.__setattr__(self, "normal", _canonical_cell(self.normal))
+        object.__setattr__(self, "reduce", _canonical_cell(self.reduce))
+        object.__setattr__(self, "normal_concat", tuple(int(i) for i in self.normal_concat))
+        object.__setattr__(self, "reduce_concat", tuple(int(i) for i in self.reduce_concat))
+
+    @property
+    def steps(self) -> int:
+        return len(self.normal) // 2
+
+    def to_string(self) -> str:
+        return f"normal={_cell_string(self.normal)};reduce={_cell_string(self.reduce)}"
+
+    __str__ = to_string
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "space": self.space,
+            "string": self.to_string(),
+            "normal": [[op, j] for op, j in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [[op, j] for op, j in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "genotype") -> "Genotype":
+        if not isinstance(d, dict):
+            raise GradnasError(f"{source}: expected a JSON object with 'normal' and 'reduce', got {type(d).__name__}")
+        if d.get("format", FORMAT) != FORMAT:
+            raise GradnasError(f"{source}: unknown genotype format {d.get('format')!r}; expected {FORMAT!r}")
+        space = d.get("space", "darts")
+        if space != "darts":
+            raise GradnasError(f"{source}: genotype is for space {space!r}, this reader handles 'darts' genotypes")
+        missing = [k for k in ("normal", "reduce") if k not in d]
+        if missing:
+            raise GradnasError(f"{source}: missing key(s) {missing}")
+        cells = {k: _cell_from_json(d[k], f"{source}: '{k}'") for k in ("normal", "reduce")}
+        steps = len(cells["normal"]) // 2
+        concat = {}
+        for k in ("normal_concat", "reduce_concat"):
+            value = d.get(k, list(range(2, steps + 2)))
+            if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+                raise GradnasError(f"{source}: '{k}' must be a list of node indices, got {value!r}")
+            concat[k] = value
+        geno = cls(cells["normal"], concat["normal_concat"], cells["reduce"], concat["reduce_concat"])
+        if "string" in d and d["string"] != geno.to_string():
+            raise GradnasError(f"{source}: the 'string' field does not match the cells; the file was edited "
+                               "inconsistently. Remove 'string' or fix the cells.")
+        return geno
+
+    @classmethod
+    def from_string(cls, text: str) -> "Genotype":
+        parts = dict(_split_once(p, "=", text) for p in text.strip().split(";"))
+        if set(parts) != {"normal", "reduce"}:
+            raise GradnasError(f"genotype string {text!r}: expected 'normal=|...|;reduce=|...|'")
+        normal, reduce = (_parse_cell(parts[k], text) for k in ("normal", "reduce"))
+        return cls(normal, range(2, len(normal) // 2 + 2), reduce, range(2, len(reduce) // 2 + 2))
+
+    def validate(self, ops: Sequence[str], steps: int) -> "Genotype":
+        """Raise a GradnasError if this genotype does not fit a DARTS space with these ops and steps."""
+        for name, cell, concat in (("normal", self.normal, self.normal_concat),
+                                   ("reduce", self.reduce, self.reduce_concat)):
+            if len(cell) != 2 * steps:
+                raise GradnasError(f"genotype {name} cell has {len(cell)} edges, the space has {steps} nodes x 2 "
+                                   f"= {2 * steps}; set the space's node count to {len(cell) // 2} or use "
+                                   "another genotype")
+            for node in range(steps):
+                pair = cell[2 * node: 2 * node + 2]
+                for op, j in pair:
+                    if op not in ops or op == "none":
+                        valid = [o for o in ops if o != "none"]
+                        raise GradnasError(f"genotype {name} cell, node {node + 2}: op {op!r} is not in the space; "
+                                           f"valid ops: {', '.join(valid)}")
+                    if not 0 <= j < node + 2:
+                        raise GradnasError(f"genotype {name} cell, node {node + 2}: input {j} is out of range; "
+                                           f"node {node + 2} may read nodes 0..{node + 1}")
+                if pair[0][1] == pair[1][1]:
+                    raise GradnasError(f"genotype {name} cell, node {node + 2}: both edges read node {pair[0][1]}; "
+                                       "a node takes two distinct inputs")
+            if sorted(concat) != list(range(2, steps + 2)):
+                raise GradnasError(f"genotype {name}_concat {list(concat)} must list the intermediate nodes "
+                                   f"{list(range(2, steps + 2))}")
+        return self
+
+
+def derive_cell(weights: Sequence[Sequence[float]], ops: Sequence[str], steps: int) -> Cell:
+    """DARTS rule: per intermediate node, the two incoming edges whose strongest non-`none` op is strongest,
+    each with that op. ``weights`` rows are the edges in supernet order (node 2's inputs 0,1; node 3's 0,1,2;
+    ...). Ties go to the lower input / lower op index, as a stable sort does."""
+    candidates = [k for k, name in enumerate(ops) if name != "none"]
+    cell, row = [], 0
+    for node in range(steps):
+        n_in = node + 2
+        rows = [list(map(float, weights[row + j])) for j in range(n_in)]
+        strength = [max(r[k] for k in candidates) for r in rows]
+        best_inputs = sorted(range(n_in), key=lambda j: -strength[j])[:2]
+        for j in sorted(best_inputs):
+            best_op = max(candidates, key=lambda k: (rows[j][k], -k))
+            cell.append((ops[best_op], j))
+        row += n_in
+    return tuple(cell)
+
+
+def derive_genotype(normal_weights, reduce_weights, ops: Sequence[str], steps: int) -> Genotype:
+    concat = range(2, steps + 2)
+    return Genotype(derive_cell(normal_weights, ops, steps), concat, derive_cell(reduce_weights, ops, steps), concat)
+
+
+def save_genotype(genotype: Genotype, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(genotype.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load_genotype(source: str | os.PathLike) -> Genotype:
+    """A genotype from a JSON file or a canonical string. Parsed as data, never evaluated."""
+    text = str(source)
+    if text.lstrip().startswith("normal="):
+        return Genotype.from_string(text)
+    path = Path(text)
+    if not path.is_file():
+        raise GradnasError(f"genotype {text!r} is neither a file nor a genotype string ('normal=|...|;reduce=|...|')")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GradnasError(f"genotype file {path} is not valid JSON ({exc}); write it with `gradnas search` or "
+                           "Genotype.to_dict()") from None
+    return Genotype.from_dict(data, source=str(path))
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+def _canonical_cell(cell) -> Cell:
+    edges = [(str(op), int(j)) for op, j in cell]
+    if len(edges) % 2:
+        raise GradnasError(f"a cell needs two edges per node, got {len(edges)} edges")
+    out = []
+    for i in range(0, len(edges), 2):
+        out.extend(sorted(edges[i:i + 2], key=lambda e: (e[1], e[0])))
+    return tuple(out)
+
+
+def _cell_string(cell: Cell) -> str:
+    nodes = ["|" + "|".join(f"{op}~{j}" for op, j in cell[i:i + 2]) + "|" for i in range(0, len(cell), 2)]
+    return "+".join(nodes)
+
+
+def _split_once(part: str, sep: str, text: str):
+    if sep not in part:
+        raise GradnasError(f"genotype string {text!r}: expected 'normal=|...|;reduce=|...|'")
+    key, value = part.split(sep, 1)
+    return key.strip(), value.strip()
+
+
+def _parse_cell(cell_text: str, text: str) -> Cell:
+    edges = []
+    for node in cell_text.split("+"):
+        node = node.strip()
+        if not (node.startswith("|") and node.endswith("|")):
+            raise GradnasError(f"genotype string {text!r}: node {node!r} must look like |op~i|op~j|")
+        for item in node.strip("|").split("|"):
+            op, _, j = item.partition("~")
+            if not j.isdigit():
+                raise GradnasError(f"genotype string {text!r}: edge {item!r} must look like op~input")
+            edges.append((op, int(j)))
+        if len(node.strip("|").split("|")) != 2:
+            raise GradnasError(f"genotype string {text!r}: node {node!r} must have exactly two edges")
+    return tuple(edges)
+
+
+def _cell_from_json(value, where: str) -> Cell:
+    if not isinstance(value, list):
+        raise GradnasError(f"{where} must be a list of [op, input] pairs")
+    edges = []
+    for e in value:
+        if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int)
+                and not isinstance(e[1], bool)):
+            raise GradnasError(f"{where}: edge {e!r} must be [op name, input node index]")
+        edges.append((e[0], e[1]))
+    return tuple(edges)

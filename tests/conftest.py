@@ -1,0 +1,29 @@
+import pytest
+import torch
+
+from gradnas.relax import make_relaxation
+from gradnas.space.darts import DartsSpaceConfig, DartsSupernet
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+def tiny_supernet(relax="softmax", *, cells=3, channels=4, nodes=2, in_channels=3, classes=5, seed=0,
+                  channels_last=False, ops=None, dtype=torch.float32):
+    kw = {"ops": ops} if ops else {}
+    cfg = DartsSpaceConfig(cells=cells, channels=channels, nodes=nodes, channels_last=channels_last, **kw)
+    torch.manual_seed(seed)
+    model = DartsSupernet(cfg, make_relaxation(relax), in_channels=in_channels, num_classes=classes,
+                          generator=torch.Generator().manual_seed(seed))
+    # spread alpha so op weights differ clearly
+    with torch.no_grad():
+        for a in model.arch_parameters():
+            a.copy_(torch.randn(a.shape, generator=torch.Generator().manual_seed(seed + 1)))
+    return model.to(dtype)
+
+
+def batch(n=4, c=3, size=8, classes=5, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, size, size, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
