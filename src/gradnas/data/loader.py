@@ -1,0 +1,162 @@
+"""Batches for architecture search and evaluation, drawn from whole tensors on the device.
+
+Search (DARTS / MiLeNAS) splits the training set in two halves: one trains the weights w, the
+other the architecture parameters alpha, and each step takes one batch from each. All order and
+augmentation randomness comes from generators seeded by (seed, epoch), never from global RNG state,
+so a run resumed at an epoch boundary sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from gradnas.data.augment import Augment
+from gradnas.errors import GradnasError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class SearchSplit:
+    """Disjoint index sets into the training set: ``weight_idx`` for w, ``arch_idx`` for alpha."""
+    seed: int
+    fraction: float
+    weight_idx: torch.Tensor  # int64
+    arch_idx: torch.Tensor    # int64
+
+    def __eq__(self, other) -> bool:
+        # Field-wise tensor == would be ambiguous; compare contents instead.
+        return (isinstance(other, SearchSplit) and self.seed == other.seed
+                and self.fraction == other.fraction
+                and torch.equal(self.weight_idx, other.weight_idx)
+                and torch.equal(self.arch_idx, other.arch_idx))
+
+    __hash__ = None  # mutable tensor contents: not hashable
+
+    def to_dict(self) -> dict:
+        """JSON-able form (for checkpoints / run records)."""
+        return {"seed": int(self.seed), "fraction": float(self.fraction),
+                "weight_idx": self.weight_idx.tolist(), "arch_idx": self.arch_idx.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchSplit":
+        """Inverse of to_dict; validates that the two index sets are disjoint and non-negative."""
+        try:
+            split = cls(seed=int(d["seed"]), fraction=float(d["fraction"]),
+                        weight_idx=torch.tensor(d["weight_idx"], dtype=torch.int64).reshape(-1),
+                        arch_idx=torch.tensor(d["arch_idx"], dtype=torch.int64).reshape(-1))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise GradnasError(
+                f"invalid search split record ({type(exc).__name__}: {exc}); expected keys seed, "
+                f"fraction, weight_idx, arch_idx as written by SearchSplit.to_dict()"
+            ) from None
+        both = torch.cat([split.weight_idx, split.arch_idx])
+        if both.numel() and (int(both.min()) < 0 or torch.unique(both).numel() != both.numel()):
+            raise GradnasError("invalid search split record: indices must be non-negative and the two "
+                               "halves disjoint; was the record edited by hand?")
+        return split
+
+
+def make_search_split(num_train: int, *, fraction: float = 0.5, seed: int = 0,
+                      subset: int | None = None) -> SearchSplit:
+    """Shuffle range(num_train) with ``seed``, keep the first ``subset`` (all if None), then put the
+    first ``floor(fraction * n)`` in the weight half and the rest in the architecture half."""
+    if not 0.0 < fraction < 1.0:
+        raise GradnasError(f"search split fraction must be strictly between 0 and 1, got {fraction}")
+    n = num_train if subset is None else subset
+    if subset is not None and not 0 < subset <= num_train:
+        raise GradnasError(f"subset must be between 1 and the training set size {num_train}, got {subset}")
+    n_w = int(fraction * n)
+    if n_w < 1 or n - n_w < 1:
+        raise GradnasError(
+            f"a search split of {n} images with fraction {fraction} leaves one half empty; use more "
+            f"images (subset) or a fraction nearer 0.5"
+        )
+    perm = torch.randperm(num_train, generator=torch.Generator().manual_seed(seed))[:n]
+    # Sorted halves: order within a half is irrelevant (batches are reshuffled every epoch), and
+    # ascending indices make to_dict readable and device gathers more local.
+    return SearchSplit(seed=seed, fraction=fraction,
+                       weight_idx=perm[:n_w].sort().values, arch_idx=perm[n_w:].sort().values)
+
+
+def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.dtype != torch.uint8 or x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+        raise GradnasError(f"expected uint8 images N x C x H x W and N labels, got {x.dtype} "
+                           f"{tuple(x.shape)} and {tuple(y.shape)}")
+
+
+class PairedBatches:
+    """Paired (train batch, arch batch) per step, as in DARTS/MiLeNAS: one epoch = min(len(w), len(a)) // batch steps."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, split: SearchSplit, *, batch_size: int,
+                 augment: Augment, device: torch.device | str, seed: int):
+        _check_xy(x, y)
+        n_w, n_a = len(split.weight_idx), len(split.arch_idx)
+        if batch_size < 1 or batch_size > min(n_w, n_a):
+            raise GradnasError(
+                f"batch size {batch_size} does not fit the search split ({n_w} weight / {n_a} "
+                f"architecture images); use a batch size between 1 and {min(n_w, n_a)} or more data"
+            )
+        top = int(max(split.weight_idx.max(), split.arch_idx.max()))
+        if top >= len(x):
+            raise GradnasError(f"the search split indexes image {top} but the training set has only "
+                               f"{len(x)}; was it made for another dataset or subset?")
+        self.device = torch.device(device)
+        # Moved once: each step then only gathers a batch on the device (no host-to-device copies).
+        self.x = x.to(self.device)
+        self.y = y.to(self.device, dtype=torch.int64)
+        self.weight_idx = split.weight_idx.to(self.device)
+        self.arch_idx = split.arch_idx.to(self.device)
+        self.batch_size = int(batch_size)
+        self.augment = augment
+        self.seed = int(seed)
+        self._steps = min(n_w, n_a) // self.batch_size  # the last incomplete batch is dropped
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        # Folded into manual_seed's accepted range; distinct (seed, epoch) pairs give distinct streams.
+        g.manual_seed((self.seed * 1_000_003 + int(epoch)) % 2**64)
+        return g
+
+    def _orders(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's shuffled weight-half and arch-half indices (drawn first from ``g``)."""
+        pw = self.weight_idx[torch.randperm(len(self.weight_idx), generator=g, device=self.device)]
+        pa = self.arch_idx[torch.randperm(len(self.arch_idx), generator=g, device=self.device)]
+        return pw, pa
+
+    def epoch_indices(self, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per step of ``epoch``, the (w indices, a indices) into x that ``epoch(epoch)`` uses."""
+        pw, pa = self._orders(self._generator(epoch))
+        b = self.batch_size
+        return [(pw[k * b:(k + 1) * b], pa[k * b:(k + 1) * b]) for k in range(self._steps)]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Batch, Batch]]:
+        """Yield ((x_w, y_w), (x_a, y_a)) for every step of ``epoch``, augmented, on the device."""
+        g = self._generator(epoch)
+        pw, pa = self._orders(g)
+        b = self.batch_size
+        for k in range(self._steps):
+            wi, ai = pw[k * b:(k + 1) * b], pa[k * b:(k + 1) * b]
+            # Both halves are augmented (train=True), as DARTS does for its search split; the draws
+            # continue from the same generator, after the permutations.
+            xw = self.augment(self.x.index_select(0, wi), g, train=True)
+            xa = self.augment(self.x.index_select(0, ai), g, train=True)
+            yield (xw, self.y.index_select(0, wi)), (xa, self.y.index_select(0, ai))
+
+
+def iterate_batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, augment: Augment,
+                    device: torch.device | str) -> Iterator[Batch]:
+    """Sequential, normalised (not augmented) batches for evaluation; the last partial batch is kept."""
+    _check_xy(x, y)
+    if batch_size < 1:
+        raise GradnasError(f"batch size must be at least 1, got {batch_size}")
+    device = torch.device(device)
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device, non_blocking=True)
+        yb = y[start:start + batch_size].to(device, dtype=torch.int64, non_blocking=True)
+        yield augment(xb, None, train=False), yb

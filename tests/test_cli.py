@@ -1,0 +1,87 @@
+"""The gradnas command end to end: search round trip, resume, bench, and one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gradnas.cli import main
+from gradnas.space.genotype import load_genotype
+from gradnas.space.ops import DARTS_OPS
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+TINY = ["--dataset", "fashion-mnist", "--data-dir", FMNIST, "--epochs", "1", "--batch-size", "16", "--cells", "3",
+        "--channels", "4", "--set", "supernet.nodes=2", "--set", "data.subset=64", "--set", "data.eval_batches=1",
+        "--quiet", "--device", "cpu"]
+
+
+def test_search_round_trip_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--method", "darts", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"run folder: {out}" in printed
+    geno = load_genotype(out / "genotype.json").validate(DARTS_OPS, 2)
+    assert f"genotype: {geno.to_string()}" in printed
+    # the finished run resumes to the same answer, with no epoch left to do
+    assert main(["search", "--resume", str(out), "--quiet"]) == 0
+    assert f"genotype: {geno.to_string()}" in capsys.readouterr().out
+    # a resume that changes the search is refused
+    assert main(["search", "--resume", str(out), "--epochs", "3"]) == 2
+    assert "searched with epochs=1, not 3" in capsys.readouterr().err
+
+
+def test_flags_and_set_reach_the_config(tmp_path):
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--method", "single-level", "--relax", "sigmoid", "--lambda", "0.25",
+                 "--seed", "7", "--set", "arch_optim.lr=0.001", "--out", str(out)]) == 0
+    import yaml
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["method"], saved["relax"], saved["lambda"], saved["seed"]) == ("single-level", "sigmoid", 0.25, 7)
+    assert saved["arch_optim"]["lr"] == 0.001 and saved["supernet"]["cells"] == 3
+
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "gradnas", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "enas"], "unknown method 'enas'; valid methods: darts, milenas, single-level"),
+    (["--space", "nasnet"], "unknown space 'nasnet'; valid spaces: darts"),
+    (["--relax", "tanh"], "unknown relaxation 'tanh'; valid: sigmoid, softmax"),
+    (["--lambda", "-1"], "lambda must be a finite number >= 0"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--set", "w_optim.lrr=1"], "unknown key 'w_optim.lrr'"),
+    (["--config", "no-such-config"], "config 'no-such-config' not found"),
+    (["--resume", "/nonexistent/run"], "is not a gradnas run folder"),
+])
+def test_errors_are_one_clear_line(tmp_path, args, message):
+    r = _cli("search", *args, "--out", str(tmp_path / "x"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_malformed_yaml_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: [milenas\n")
+    r = _cli("search", "--config", str(bad), cwd=tmp_path)
+    assert r.returncode == 2 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    r = _cli("bench", "--batch", "2", "--cells", "3", "--channels", "4", "--steps", "1", "--warmup", "0",
+             "--methods", "forward-backward,milenas,darts", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    rows = {row["method"]: row for row in result["results"]}
+    assert set(rows) == {"forward-backward", "milenas", "darts"}
+    for row in rows.values():
+        assert row["sec_per_step"] > 0 and row["images_per_sec"] > 0 and row["peak_memory_gb"] > 0.05
+    assert result["settings"]["batch"] == 2
+    r = _cli("bench", "--methods", "enas")
+    assert r.returncode == 2 and "unknown method 'enas'" in r.stderr
