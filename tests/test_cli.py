@@ -85,3 +85,17 @@ def test_bench_writes_json(tmp_path):
     assert result["settings"]["batch"] == 2
     r = _cli("bench", "--methods", "enas")
     assert r.returncode == 2 and "unknown method 'enas'" in r.stderr
+
+
+def test_genotype_command_checks_the_space(tmp_path, capsys):
+    text = ("normal=|sep_conv_3x3~0|skip_connect~1|+|sep_conv_5x5~1|dil_conv_3x3~2|;"
+            "reduce=|max_pool_3x3~0|max_pool_3x3~1|+|skip_connect~0|avg_pool_3x3~2|")
+    out = tmp_path / "g.json"
+    assert main(["genotype", text, "--set", "supernet.nodes=2", "--json", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == text
+    assert load_genotype(out).to_string() == text
+    # the default space has 4 nodes: the 2-node genotype does not fit
+    assert main(["genotype", str(out)]) == 2
+    assert "set the space's node count to 2" in capsys.readouterr().err
+    assert main(["genotype", text.replace("dil_conv_3x3", "conv_7x7"), "--set", "supernet.nodes=2"]) == 2
+    assert "op 'conv_7x7' is not in the space" in capsys.readouterr().err

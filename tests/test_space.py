@@ -85,7 +85,7 @@ def test_supernet_equals_naive_mixed_ops(relax, channels_last):
     g_fast = torch.autograd.grad(F.cross_entropy(fast, y), model.arch_parameters())
     g_slow = torch.autograd.grad(F.cross_entropy(slow, y), model.arch_parameters())
     for a, b in zip(g_fast, g_slow):
-        assert torch.allclose(a, b, atol=1e-10)
+        assert torch.allclose(a, b, atol=1e-10), (a - b).abs().max()
     if relax == "softmax":
         assert g_fast[0][:, 0].abs().sum() > 0  # none's alpha still learns through the softmax
 
@@ -109,7 +109,7 @@ def test_polyphase_dilated_conv_is_exact(k, stride, size, channels_last):
     grads_ref = torch.autograd.grad(ref.square().sum(), (x, w))
     grads = torch.autograd.grad(out.square().sum(), (x, w))
     for a, b in zip(grads, grads_ref):
-        assert torch.allclose(a, b, atol=1e-10)
+        assert torch.allclose(a, b, atol=1e-10), (a - b).abs().max()
 
 
 def test_factorized_reduce_odd_input():
@@ -150,3 +150,41 @@ def test_custom_op_list_and_nodes():
     assert model(x).shape == (4, 5)
     geno = model.genotype()
     assert {op for op, _ in geno.normal + geno.reduce} <= {"skip_connect", "sep_conv_3x3"}
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_pointwise_recompute_gradients(dilation, stride, channels_last):
+    from gradnas.space.ops import _DepthwisePointwise
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dw = torch.randn(3, 1, 3, 3, generator=g, dtype=torch.float64)
+    pw = torch.randn(4, 3, 1, 1, generator=g, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_(True) for t in (x, dw, pw))
+    # finite differences against the custom backward
+    assert torch.autograd.gradcheck(lambda *a: _DepthwisePointwise.apply(*a, stride, dilation), inputs)
+    # and it skips the gradients nobody asked for
+    pw.requires_grad_(False)
+    out = _DepthwisePointwise.apply(x, dw, pw, stride, dilation)
+    gx, = torch.autograd.grad(out.sum(), (x,))
+    ref = F.conv2d(F.conv2d(x, dw, stride=stride, padding=dilation, dilation=dilation, groups=3), pw)
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert torch.allclose(gx, torch.autograd.grad(ref.sum(), (x,))[0], atol=1e-12)
+
+
+def test_scaled_batch_norm_matches_scale_times_bn():
+    from gradnas.space.ops import scaled_batch_norm
+    bn_a, bn_b = torch.nn.BatchNorm2d(4, affine=False).double(), torch.nn.BatchNorm2d(4, affine=False).double()
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    p = torch.tensor(0.37, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    a = bn_a(x) * p
+    b = scaled_batch_norm(bn_b, x, p)
+    assert torch.allclose(a, b, atol=1e-12)
+    for ga, gb in zip(torch.autograd.grad(a, (x, p), g), torch.autograd.grad(b, (x, p), g)):
+        assert torch.allclose(ga, gb, atol=1e-10)
+    assert torch.allclose(bn_a.running_mean, bn_b.running_mean) and torch.allclose(bn_a.running_var, bn_b.running_var)
+    assert bn_a.num_batches_tracked == bn_b.num_batches_tracked == 1

@@ -70,7 +70,7 @@ def _bench_one(spec: dict) -> dict:
             "images_per_sec": spec["batch"] / sec, "peak_memory_gb": peak_gb, "peak_memory_kind": peak_kind}
 
 
-def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 1, device: str = "cpu", cells: int = 8,
+def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, device: str = "cpu", cells: int = 8,
               channels: int = 16, size: int = 32, threads: int | None = None, progress=print) -> dict:
     for m in methods:
         if m != BASELINE and m.split(":")[0] not in METHODS:

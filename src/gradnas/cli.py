@@ -55,7 +55,7 @@ def _bench_parser(sub):
                                    "with the real DARTS supernet on random 3x32x32 data, 10 classes.")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=3, help="timed steps per method")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (oneDNN builds its kernels there)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cells", type=int, default=8)
     p.add_argument("--channels", type=int, default=16)
@@ -64,6 +64,36 @@ def _bench_parser(sub):
                    help="comma-separated; 'forward-backward' is one plain pass with all gradients")
     p.add_argument("--out", default="bench.json", help="JSON file for the results")
     return p
+
+
+def _genotype_parser(sub):
+    p = sub.add_parser("genotype", help="check a genotype against a search space and print its canonical form",
+                       description="Read a genotype (JSON file, run folder or canonical string), check that it "
+                                   "fits the space of --config/--set (node count, op list), print it.")
+    p.add_argument("genotype", help="genotype.json, a run folder, or 'normal=|...|;reduce=|...|'")
+    p.add_argument("--config", help="config whose supernet section defines the space (default: quick)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", metavar="FILE", help="also write the genotype as JSON to FILE")
+    return p
+
+
+def cmd_genotype(args) -> int:
+    from gradnas.config import SearchConfig, apply_override, load_yaml
+    from gradnas.search.loop import GENOTYPE_FILE
+    from gradnas.space.genotype import load_genotype, save_genotype
+    d = load_yaml(args.config or DEFAULT_CONFIG)
+    for assignment in args.set:
+        apply_override(d, assignment)
+    cfg = SearchConfig.from_dict(d)
+    source = Path(args.genotype)
+    if source.is_dir():
+        source = source / GENOTYPE_FILE
+    geno = load_genotype(source).validate(cfg.supernet.ops, cfg.supernet.nodes)
+    print(geno.to_string())
+    if args.json:
+        save_genotype(geno, args.json)
+        print(f"written {args.json}", file=sys.stderr)
+    return 0
 
 
 def resolve_search_config(args):
@@ -145,12 +175,13 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     _search_parser(sub)
     _bench_parser(sub)
+    _genotype_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"search": cmd_search, "bench": cmd_bench}
+    handlers = {"search": cmd_search, "bench": cmd_bench, "genotype": cmd_genotype}
     try:
         return handlers[args.command](args)
     except GradnasError as exc:

@@ -9,6 +9,7 @@ architecture half of the split.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
@@ -63,6 +64,25 @@ class ArchOptimizer:
             torch.nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
         self.w_optim.step()
 
+    @contextmanager
+    def _alpha_only(self):
+        """A pass that needs only alpha's gradient: the weights stop requiring grad meanwhile, so no op
+        computes or keeps anything for a weight gradient (the costly half of a conv backward)."""
+        for w in self.weights:
+            w.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for w in self.weights:
+                w.requires_grad_(True)
+
+    def _alpha_grad(self, batch):
+        """(loss, correct, n, grad_alpha L(batch)) at the current weights."""
+        with self._alpha_only():
+            loss, correct, n = self._forward(batch)
+            grads = torch.autograd.grad(loss, self.alphas)
+        return loss, correct, n, grads
+
     def _set_alpha_grads(self, grads) -> None:
         for a, g in zip(self.alphas, grads):
             a.grad = g
@@ -100,15 +120,15 @@ class SingleLevel(ArchOptimizer):
 class Bilevel(ArchOptimizer):
     """DARTS first order: alpha descends L_val(w, alpha), then w descends L_tr(w, alpha).
 
-    The alpha step comes first, as in DARTS, so both use the same w. Its backward asks autograd for the
-    alpha gradient only, which skips every weight gradient (the costly part of depthwise conv backward).
+    The alpha step comes first, as in DARTS, so both use the same w. Its pass computes the alpha
+    gradient only, which skips every weight gradient (the costly part of depthwise conv backward).
     """
 
     name = "darts"
 
     def step(self, train_batch, val_batch):
-        val_loss, val_correct, val_n = self._forward(val_batch)
-        self._set_alpha_grads(torch.autograd.grad(val_loss, self.alphas))
+        val_loss, val_correct, val_n, g_val = self._alpha_grad(val_batch)
+        self._set_alpha_grads(g_val)
         self.a_optim.step()
 
         self.w_optim.zero_grad(set_to_none=True)
@@ -124,7 +144,7 @@ class MixedLevel(ArchOptimizer):
     """MiLeNAS first order (eq. 6): w <- w - lr_w grad_w L_tr;
     alpha <- alpha - lr_a (grad_a L_tr + lambda grad_a L_val), both gradients at the same (w, alpha).
 
-    One backward of L_tr yields grad_w L_tr and grad_a L_tr together; the L_val backward asks for the
+    One backward of L_tr yields grad_w L_tr and grad_a L_tr together; the L_val pass computes the
     alpha gradient only. lambda = 0 skips the validation pass and is exactly single-level.
     """
 
@@ -137,8 +157,7 @@ class MixedLevel(ArchOptimizer):
         loss.backward()  # grad_w L_tr and grad_a L_tr in one pass
         stats = StepStats(train_loss=loss.item(), train_correct=correct, train_n=n)
         if self.lam > 0:
-            val_loss, val_correct, val_n = self._forward(val_batch)
-            g_val = torch.autograd.grad(val_loss, self.alphas)
+            val_loss, val_correct, val_n, g_val = self._alpha_grad(val_batch)
             for a, g in zip(self.alphas, g_val):
                 a.grad.add_(g, alpha=self.lam)
             stats.update(val_loss=val_loss.item(), val_correct=val_correct, val_n=val_n)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from gradnas.errors import GradnasError
 from gradnas.relax import Relaxation
 from gradnas.space.genotype import Genotype, derive_genotype
-from gradnas.space.ops import DARTS_OPS, OPS, STARTS_WITH_RELU, FactorizedReduce, ReLUConvBN, check_op_names
+from gradnas.space.ops import DARTS_OPS, OPS, SCALES_IN_BN, STARTS_WITH_RELU, FactorizedReduce, ReLUConvBN, check_op_names
 
 POOLS = {"max_pool_3x3": "max", "avg_pool_3x3": "avg"}
 
@@ -111,21 +111,29 @@ class SearchCell(nn.Module):
         row = 0
         for i in range(self.nodes):
             target = i + 2
-            acc = None
+            terms = []
             for j in range(target):
                 w = weights[row]
                 for name in self.ops:
                     if name == "none":
                         continue
-                    if name in POOLS:
-                        out = pool(j, name)
-                    else:
-                        op = self.edges[f"{target}_{j}"][name]
-                        out = op(relu(j), pre_activated=True) if isinstance(op, STARTS_WITH_RELU) else op(states[j])
                     wk = w[self.col[name]]
-                    acc = out * wk if acc is None else torch.addcmul(acc, out, wk)
+                    if name in POOLS:
+                        terms.append(pool(j, name) * wk)
+                        continue
+                    op = self.edges[f"{target}_{j}"][name]
+                    if isinstance(op, SCALES_IN_BN):
+                        terms.append(op(relu(j), pre_activated=True, scale=wk))
+                    elif isinstance(op, STARTS_WITH_RELU):
+                        terms.append(op(relu(j), pre_activated=True) * wk)
+                    else:
+                        terms.append(op(states[j]) * wk)
                 row += 1
-            states.append(acc)
+            # Plain adds keep nothing for backward (an addcmul would keep its operands).
+            node = terms[0]
+            for t in terms[1:]:
+                node = node + t
+            states.append(node)
         return torch.cat(states[2:], dim=1)
 
 

@@ -47,16 +47,62 @@ def polyphase_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int)
     channels = weight.shape[0]
     if stride == 2:
         return F.conv2d(x[:, :, ::2, ::2], weight, padding=pad, groups=channels)
-    h, w = x.shape[-2:]
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
     # Odd sizes: a zero row/column at the end is what the conv's own zero padding would read there.
     if h % 2 or w % 2:
         x = F.pad(x, (0, w % 2, 0, h % 2))
-    # pixel_unshuffle puts sub-grid (a, b) of channel c at channel 4c + 2a + b, so a depthwise conv with
-    # each kernel repeated 4 times convolves every sub-grid with its channel's kernel. Unlike stacking the
-    # sub-grids in the batch, this keeps the channels_last layout and costs no extra copies.
-    y = F.conv2d(F.pixel_unshuffle(x, 2), weight.repeat_interleave(4, dim=0), padding=pad, groups=4 * channels)
-    y = F.pixel_shuffle(y, 2)
-    return y[:, :, :h, :w] if (h % 2 or w % 2) else y
+    hh, ww = (h + h % 2) // 2, (w + w % 2) // 2
+    # Sub-grid (a, b) of channel c goes to channel (2a + b) * C + c, built in the NHWC view so each
+    # copy moves whole runs of C values; the kernels are tiled 4 times to match. One conv, no dilation.
+    sub = (x.permute(0, 2, 3, 1).reshape(n, hh, 2, ww, 2, c).permute(0, 1, 3, 2, 4, 5)
+           .reshape(n, hh, ww, 4 * c).permute(0, 3, 1, 2))
+    y = F.conv2d(sub, weight.repeat(4, 1, 1, 1), padding=pad, groups=4 * channels)
+    y = (y.permute(0, 2, 3, 1).reshape(n, hh, ww, 2, 2, c).permute(0, 1, 3, 2, 4, 5)
+         .reshape(n, 2 * hh, 2 * ww, c).permute(0, 3, 1, 2))
+    if h % 2 or w % 2:
+        y = y[:, :, :h, :w]
+    return y if channels_last else y.contiguous()
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
+    """Depthwise conv with 'same' padding; dilation 2 goes through :func:`polyphase_depthwise_conv`."""
+    if dilation == 2:
+        return polyphase_depthwise_conv(x, weight, stride)
+    k = weight.shape[-1]
+    return F.conv2d(x, weight, stride=stride, padding=dilation * (k - 1) // 2, dilation=dilation,
+                    groups=weight.shape[0])
+
+
+class _DepthwisePointwise(torch.autograd.Function):
+    """pointwise(depthwise(x)) that keeps only x for backward and recomputes the depthwise output there.
+
+    The depthwise output is as large as x and is otherwise stored for the pointwise weight gradient; its
+    forward is cheap next to any backward, so recomputing it halves the memory of a separable conv for
+    a few percent of its time. Weight gradients are computed only for weights that require grad.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dw_weight, pw_weight, stride, dilation):
+        ctx.stride, ctx.dilation = stride, dilation
+        ctx.save_for_backward(x, dw_weight, pw_weight)
+        return F.conv2d(depthwise_conv(x, dw_weight, stride, dilation), pw_weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, dw_weight, pw_weight = ctx.saved_tensors
+        need_x, need_dw, need_pw = ctx.needs_input_grad[:3]
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(need_x)
+            dwd = dw_weight.detach().requires_grad_(need_dw)
+            t = depthwise_conv(xd, dwd, ctx.stride, ctx.dilation)
+        grad_t, grad_pw, _ = torch.ops.aten.convolution_backward(
+            grad, t.detach(), pw_weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, need_pw, False])
+        inputs = [v for v, need in ((xd, need_x), (dwd, need_dw)) if need]
+        grads = iter(torch.autograd.grad(t, inputs, grad_t) if inputs else ())
+        grad_x = next(grads) if need_x else None
+        grad_dw = next(grads) if need_dw else None
+        return grad_x, grad_dw, grad_pw if need_pw else None, None, None
 
 
 class DepthwiseConv(nn.Conv2d):
@@ -67,9 +113,28 @@ class DepthwiseConv(nn.Conv2d):
         super().__init__(channels, channels, kernel_size, stride, padding, dilation, groups=channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dilation == (2, 2):
-            return polyphase_depthwise_conv(x, self.weight, self.stride[0])
-        return super().forward(x)
+        return depthwise_conv(x, self.weight, self.stride[0], self.dilation[0])
+
+
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``scale * bn(x)`` for an affine-free BN, computed as a BN whose affine weight is ``scale``.
+
+    The supernet multiplies every op output by its relaxed weight p. Done as a separate multiply,
+    autograd must keep the BN output to get dL/dp; as the BN's own weight, BN backward derives dL/dp
+    from the input it keeps anyway. Same numbers, one stored tensor and one pass over memory less.
+    """
+    if scale is None:
+        return bn(x)
+    if bn.affine:
+        raise ValueError("scaled_batch_norm is for affine-free (search) BatchNorm")
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or not bn.track_running_stats
+    # A real (contiguous) weight vector: torch 2.13's CPU BN backward returns a wrong input gradient for
+    # channels_last input when the weight is a stride-0 expand (checked by tests/test_space.py).
+    weight = scale.expand(x.shape[1]).contiguous()
+    return F.batch_norm(x, bn.running_mean, bn.running_var, weight, None, use_batch_stats, momentum, bn.eps)
 
 
 class ReLUConvBN(nn.Module):
@@ -93,8 +158,14 @@ class DilConv(nn.Module):
         self.pointwise = nn.Conv2d(c_in, c_out, 1, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
-    def forward(self, x: torch.Tensor, pre_activated: bool = False) -> torch.Tensor:
-        return self.bn(self.pointwise(self.depthwise(x if pre_activated else F.relu(x))))
+    def forward(self, x: torch.Tensor, pre_activated: bool = False, scale: torch.Tensor | None = None) -> torch.Tensor:
+        x = x if pre_activated else F.relu(x)
+        if torch.is_grad_enabled():
+            y = _DepthwisePointwise.apply(x, self.depthwise.weight, self.pointwise.weight, self.depthwise.stride[0],
+                                          self.depthwise.dilation[0])
+        else:
+            y = self.pointwise(self.depthwise(x))
+        return scaled_batch_norm(self.bn, y, scale)
 
 
 class SepConv(nn.Module):
@@ -105,8 +176,8 @@ class SepConv(nn.Module):
         self.first = DilConv(c_in, c_in, kernel_size, stride, 1, affine)
         self.second = DilConv(c_in, c_out, kernel_size, 1, 1, affine)
 
-    def forward(self, x: torch.Tensor, pre_activated: bool = False) -> torch.Tensor:
-        return self.second(self.first(x, pre_activated))
+    def forward(self, x: torch.Tensor, pre_activated: bool = False, scale: torch.Tensor | None = None) -> torch.Tensor:
+        return self.second(self.first(x, pre_activated), scale=scale)
 
 
 class FactorizedReduce(nn.Module):
@@ -158,7 +229,8 @@ class Zero(nn.Module):
 
 
 # Op name -> constructor(C, stride, affine). Ops that begin with a ReLU declare it (`STARTS_WITH_RELU`)
-# so a caller may hand them an already activated input.
+# so a caller may hand them an already activated input; ops ending in an affine-free BN take the
+# relaxed weight as `scale` (`SCALES_IN_BN`).
 OPS = {
     "none": lambda c, stride, affine: Zero(stride),
     "max_pool_3x3": lambda c, stride, affine: Pool("max", stride),
@@ -170,6 +242,7 @@ OPS = {
     "dil_conv_5x5": lambda c, stride, affine: DilConv(c, c, 5, stride, 2, affine),
 }
 STARTS_WITH_RELU = (SepConv, DilConv, FactorizedReduce, ReLUConvBN)
+SCALES_IN_BN = (SepConv, DilConv)
 
 
 def check_op_names(names, *, known=tuple(OPS)) -> None:
