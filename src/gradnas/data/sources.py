@@ -247,16 +247,22 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
 }
 
 
+def dataset_key(name: str) -> str:
+    """The registry key of a dataset name (any case, '_' for '-'), or a GradnasError listing the valid ones."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise GradnasError(f"unknown dataset {name!r}; valid names are: {', '.join(sorted(DATASETS))}")
+    return key
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
                  cache_dir: str | os.PathLike | None = None) -> ImageDataset:
     """Load dataset ``name`` (see DATASETS) from ``data_dir`` (None: the dataset's default place).
 
     ``cache_dir`` holds decoded image trees (default $GRADNAS_CACHE or ~/.cache/gradnas).
     """
-    key = str(name).strip().lower().replace("_", "-")
-    loader = DATASETS.get(key)
-    if loader is None:
-        raise GradnasError(f"unknown dataset {name!r}; valid names are: {', '.join(sorted(DATASETS))}")
+    key = dataset_key(name)
+    loader = DATASETS[key]
     try:
         return loader(data_dir, cache_dir=cache_dir)
     except GradnasError as exc:

@@ -23,11 +23,13 @@ from tqdm import tqdm
 
 from gradnas.checkpoint import load_checkpoint, save_checkpoint
 from gradnas.config import SearchConfig
-from gradnas.data import Augment, SearchSplit, PairedBatches, iterate_batches, load_dataset, make_search_split
+from gradnas.data import Augment, PairedBatches, SearchSplit, iterate_batches, load_dataset, make_search_split
+from gradnas.data.sources import dataset_key
 from gradnas.errors import GradnasError
-from gradnas.space import build_supernet
+from gradnas.relax import make_relaxation
+from gradnas.space import build_supernet, space_class
 from gradnas.space.genotype import save_genotype
-from gradnas.search.methods import make_method
+from gradnas.search.methods import make_method, method_class
 
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
 CHECKPOINT_FILE, GENOTYPE_FILE, SUMMARY_FILE = "checkpoint.pt", "genotype.json", "summary.json"
@@ -43,6 +45,14 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GradnasError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
     return device
+
+
+def check_names(cfg: SearchConfig) -> None:
+    """Fail fast, with the valid choices, on an unknown space, relaxation, method or dataset."""
+    space_class(cfg.space)
+    make_relaxation(cfg.relax)
+    method_class(cfg.method)
+    dataset_key(cfg.data.dataset)
 
 
 def build_optimizers(cfg: SearchConfig, model):
@@ -80,6 +90,7 @@ class Search:
                  progress: bool = True):
         self.cfg, self.out = cfg, Path(out_dir)
         self.progress = progress
+        check_names(cfg)  # before any data is read
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)

@@ -166,9 +166,12 @@ class MixedLevel(ArchOptimizer):
         return stats
 
 
-def make_method(name: str, model, **kwargs) -> ArchOptimizer:
+def method_class(name: str) -> type[ArchOptimizer]:
     try:
-        cls = METHODS[name]
+        return METHODS[name]
     except KeyError:
         raise GradnasError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}") from None
-    return cls(model, **kwargs)
+
+
+def make_method(name: str, model, **kwargs) -> ArchOptimizer:
+    return method_class(name)(model, **kwargs)
