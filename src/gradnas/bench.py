@@ -16,7 +16,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from gradnas.config import SearchConfig
 from gradnas.errors import GradnasError
+from gradnas.search.loop import build_optimizers
 from gradnas.search.methods import METHODS, make_method
 from gradnas.space import build_supernet
 from gradnas.space.darts import DartsSpaceConfig
@@ -38,8 +40,8 @@ def _bench_one(spec: dict) -> dict:
         y = torch.randint(0, 10, (spec["batch"],), generator=g)
         return x.to(device), y.to(device)
 
-    w_optim = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    a_optim = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    # the papers' default optimizers, exactly as a search builds them
+    w_optim, a_optim, _ = build_optimizers(SearchConfig(relax=relax), model)
     if spec["method"] == BASELINE:
         def step(tr, va):
             model.zero_grad(set_to_none=True)
