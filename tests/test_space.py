@@ -9,8 +9,8 @@ from conftest import batch, tiny_supernet
 from gradnas.errors import GradnasError
 from gradnas.relax import RELAXATIONS, make_relaxation
 from gradnas.space import build_supernet
-from gradnas.space.darts import DartsSpaceConfig, DartsSupernet, edge_list
-from gradnas.space.ops import DARTS_OPS, OPS, polyphase_depthwise_conv
+from gradnas.space.darts import DartsSpaceConfig, edge_list
+from gradnas.space.ops import OPS, polyphase_depthwise_conv
 
 
 def test_default_supernet_size_and_split():
