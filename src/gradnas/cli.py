@@ -119,7 +119,7 @@ def apply_cli_overrides(d: dict, args) -> dict:
 
 
 def cmd_search(args) -> int:
-    from gradnas.config import SearchConfig, config_diff, load_yaml
+    from gradnas.config import SearchConfig, load_yaml, resume_conflicts
     from gradnas.search.loop import CONFIG_FILE, Search
 
     if args.resume:
@@ -131,7 +131,7 @@ def cmd_search(args) -> int:
         if args.config:
             raise GradnasError("--resume takes its config from the run folder; drop --config")
         cfg = SearchConfig.from_dict(apply_cli_overrides(saved.to_dict(), args))
-        diff = [x for x in config_diff(saved.to_dict(), cfg.to_dict()) if x[0] not in ("device", "threads")]
+        diff = resume_conflicts(saved.to_dict(), cfg.to_dict())
         if diff:
             key, old, new = diff[0]
             raise GradnasError(f"{run_dir} was searched with {key}={old!r}, not {new!r}; a resumed search keeps "

@@ -196,11 +196,13 @@ def apply_override(d: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+# What a resumed search may change: where it runs, not what it computes.
+RESUMABLE_KEYS = ("device", "threads")
+
+
+def resume_conflicts(saved: dict, now: dict) -> list:
+    """(key, saved value, new value) for every setting a resumed search may not change."""
+    return [d for d in config_diff(saved, now) if d[0] not in RESUMABLE_KEYS]
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list:

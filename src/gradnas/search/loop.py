@@ -22,7 +22,7 @@ import yaml
 from tqdm import tqdm
 
 from gradnas.checkpoint import load_checkpoint, save_checkpoint
-from gradnas.config import SearchConfig
+from gradnas.config import SearchConfig, resume_conflicts
 from gradnas.data import Augment, PairedBatches, SearchSplit, iterate_batches, load_dataset, make_search_split
 from gradnas.data.sources import dataset_key
 from gradnas.errors import GradnasError
@@ -109,7 +109,6 @@ class Search:
         self.batches = PairedBatches(data.train_x, data.train_y, self.split, batch_size=cfg.batch_size,
                                      augment=self.augment, device=self.device, seed=cfg.seed)
         self.val_x, self.val_y = data.train_x[self.split.arch_idx], data.train_y[self.split.arch_idx]
-        self.dataset = data
 
         self.model = build_supernet(cfg.space, cfg.supernet, cfg.relax, in_channels=data.channels,
                                     num_classes=data.num_classes, seed=cfg.seed).to(self.device)
@@ -150,8 +149,7 @@ class Search:
         }
 
     def _load(self, state: dict) -> None:
-        from gradnas.config import config_diff
-        diff = [d for d in config_diff(state["config"], self.cfg.to_dict()) if d[0] not in ("device", "threads")]
+        diff = resume_conflicts(state["config"], self.cfg.to_dict())
         if diff:
             key, saved, now = diff[0]
             raise GradnasError(f"the checkpoint in {self.out} was written with another config ({key}: {saved!r} "
