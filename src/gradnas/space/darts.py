@@ -111,28 +111,25 @@ class SearchCell(nn.Module):
         row = 0
         for i in range(self.nodes):
             target = i + 2
-            terms = []
+            node = None
             for j in range(target):
                 w = weights[row]
                 for name in self.ops:
                     if name == "none":
                         continue
                     wk = w[self.col[name]]
-                    if name in POOLS:
-                        terms.append(pool(j, name) * wk)
-                        continue
-                    op = self.edges[f"{target}_{j}"][name]
-                    if isinstance(op, SCALES_IN_BN):
-                        terms.append(op(relu(j), pre_activated=True, scale=wk))
+                    op = self.edges[f"{target}_{j}"][name] if name not in POOLS else None
+                    if op is None:
+                        term = pool(j, name) * wk
+                    elif isinstance(op, SCALES_IN_BN):
+                        term = op(relu(j), pre_activated=True, scale=wk)
                     elif isinstance(op, STARTS_WITH_RELU):
-                        terms.append(op(relu(j), pre_activated=True) * wk)
+                        term = op(relu(j), pre_activated=True) * wk
                     else:
-                        terms.append(op(states[j]) * wk)
+                        term = op(states[j]) * wk
+                    # A running sum frees each term at once; plain adds keep nothing for backward.
+                    node = term if node is None else node + term
                 row += 1
-            # Plain adds keep nothing for backward (an addcmul would keep its operands).
-            node = terms[0]
-            for t in terms[1:]:
-                node = node + t
             states.append(node)
         return torch.cat(states[2:], dim=1)
 
