@@ -13,6 +13,11 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 .venv/bin/pip install -q -e ".[test]"
 
+# Graphviz's `dot` draws cell diagrams (gradnas draw/plot/report); everything else works without it.
+if ! command -v dot >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q graphviz >/dev/null 2>&1 || echo "note: could not install graphviz (dot); cell diagrams will be unavailable" >&2
+fi
+
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
