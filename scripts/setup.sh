@@ -13,17 +13,17 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 .venv/bin/pip install -q -e ".[test]"
 
-# Graphviz's `dot` draws cell diagrams (gradnas draw/plot/report); everything else works without it.
-if ! command -v dot >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  apt-get install -y -q graphviz >/dev/null 2>&1 || echo "note: could not install graphviz (dot); cell diagrams will be unavailable" >&2
-fi
-
+# Debian packages, installed when missing and apt-get (as root) is available: the Fashion-MNIST IDX files
+# (dataset-fashion-mnist) for the default search, Graphviz's `dot` for cell diagrams (draw/plot/report).
 FMNIST=/usr/share/datasets/fashion-mnist
-if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+missing=()
+[ -f "$FMNIST/train-images-idx3-ubyte.gz" ] || missing+=(dataset-fashion-mnist)
+command -v dot >/dev/null 2>&1 || missing+=(graphviz)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null
+    apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
   else
-    echo "note: Fashion-MNIST is not in $FMNIST and apt-get (as root) is not available;" \
-         "install the Debian package dataset-fashion-mnist or pass --data-dir." >&2
+    echo "note: missing ${missing[*]} and apt-get (as root) is not available; install the Debian" \
+         "package(s) ${missing[*]} (or pass --data-dir for the data)." >&2
   fi
 fi
