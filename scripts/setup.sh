@@ -21,7 +21,8 @@ missing=()
 command -v dot >/dev/null 2>&1 || missing+=(graphviz)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
+    { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; } ||
+      echo "note: apt-get could not install ${missing[*]}" >&2
   else
     echo "note: missing ${missing[*]} and apt-get (as root) is not available; install the Debian" \
          "package(s) ${missing[*]} (or pass --data-dir for the data)." >&2
