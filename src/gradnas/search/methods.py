@@ -47,6 +47,9 @@ class ArchOptimizer:
         self.lam = lam
         self.weights = model.weight_parameters()
         self.alphas = model.arch_parameters()
+        #: how gradients become global: None on one process; under data parallelism a callable that
+        #: averages a list of tensors across ranks in place (set by the loop, see `_sync`).
+        self.grad_sync = None
 
     def step(self, train_batch, val_batch) -> StepStats:
         raise NotImplementedError
@@ -57,6 +60,19 @@ class ArchOptimizer:
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
         return loss, _correct(logits, y), y.numel()
+
+    def _sync(self, tensors):
+        """Average freshly computed gradients across data-parallel ranks (no-op on one process).
+
+        Every gradient a method computes passes through here before it is used, so a K-process run sees
+        the gradient of the global batch, as a 1-process run would."""
+        tensors = [t for t in tensors if t is not None]
+        if self.grad_sync is not None and tensors:
+            self.grad_sync(tensors)
+        return tensors
+
+    def _sync_param_grads(self, params) -> None:
+        self._sync([p.grad for p in params])
 
     def _weight_step(self) -> None:
         """Clip the weight gradient (never alpha's) and take the SGD step."""
@@ -81,6 +97,7 @@ class ArchOptimizer:
         with self._alpha_only():
             loss, correct, n = self._forward(batch)
             grads = torch.autograd.grad(loss, self.alphas)
+        self._sync(grads)
         return loss, correct, n, grads
 
     def _set_alpha_grads(self, grads) -> None:
@@ -111,6 +128,7 @@ class SingleLevel(ArchOptimizer):
         self.a_optim.zero_grad(set_to_none=True)
         loss, correct, n = self._forward(train_batch)
         loss.backward()
+        self._sync_param_grads(self.weights + self.alphas)
         self._weight_step()
         self.a_optim.step()
         return StepStats(train_loss=loss.item(), train_correct=correct, train_n=n)
@@ -134,6 +152,7 @@ class Bilevel(ArchOptimizer):
         self.w_optim.zero_grad(set_to_none=True)
         loss, correct, n = self._forward(train_batch)
         loss.backward(inputs=self.weights)
+        self._sync_param_grads(self.weights)
         self._weight_step()
         return StepStats(train_loss=loss.item(), train_correct=correct, train_n=n,
                          val_loss=val_loss.item(), val_correct=val_correct, val_n=val_n)
@@ -155,6 +174,7 @@ class MixedLevel(ArchOptimizer):
         self.a_optim.zero_grad(set_to_none=True)
         loss, correct, n = self._forward(train_batch)
         loss.backward()  # grad_w L_tr and grad_a L_tr in one pass
+        self._sync_param_grads(self.weights + self.alphas)
         stats = StepStats(train_loss=loss.item(), train_correct=correct, train_n=n)
         if self.lam > 0:
             val_loss, val_correct, val_n, g_val = self._alpha_grad(val_batch)
