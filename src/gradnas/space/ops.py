@@ -85,6 +85,11 @@ class _DepthwisePointwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dw_weight, pw_weight, stride, dilation):
         ctx.stride, ctx.dilation = stride, dilation
+        # Under autocast the forward convs run in the autocast dtype; the recomputation in backward (which
+        # runs outside the autocast region) must do the same to reproduce the forward's numbers.
+        ctx.device_type = x.device.type
+        ctx.autocast = torch.is_autocast_enabled(ctx.device_type)
+        ctx.autocast_dtype = torch.get_autocast_dtype(ctx.device_type)
         ctx.save_for_backward(x, dw_weight, pw_weight)
         return F.conv2d(depthwise_conv(x, dw_weight, stride, dilation), pw_weight)
 
@@ -92,12 +97,14 @@ class _DepthwisePointwise(torch.autograd.Function):
     def backward(ctx, grad):
         x, dw_weight, pw_weight = ctx.saved_tensors
         need_x, need_dw, need_pw = ctx.needs_input_grad[:3]
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype, enabled=ctx.autocast):
             xd = x.detach().requires_grad_(need_x)
             dwd = dw_weight.detach().requires_grad_(need_dw)
             t = depthwise_conv(xd, dwd, ctx.stride, ctx.dilation)
+        # The pointwise conv ran in t's dtype (autograd casts a gradient back to its parameter's dtype).
         grad_t, grad_pw, _ = torch.ops.aten.convolution_backward(
-            grad, t.detach(), pw_weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, need_pw, False])
+            grad.to(t.dtype), t.detach(), pw_weight.to(t.dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [True, need_pw, False])
         inputs = [v for v, need in ((xd, need_x), (dwd, need_dw)) if need]
         grads = iter(torch.autograd.grad(t, inputs, grad_t) if inputs else ())
         grad_x = next(grads) if need_x else None
