@@ -95,30 +95,43 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchConfig":
-        return _build(cls, d, "")
+        return build_config(cls, d)
 
 
-# Sections and their classes, for parsing and for the --set help.
-_SECTIONS = {"data": DataConfig, "supernet": DartsSpaceConfig, "w_optim": WeightOptimConfig,
-             "arch_optim": ArchOptimConfig}
-_ALIASES = {"lambda": "lam"}
+# YAML spellings of fields whose Python names differ, per config class.
+_ALIASES = {SearchConfig: {"lambda": "lam"}}
+
+
+def build_config(cls, d: dict):
+    """A frozen config of class ``cls`` from a mapping: sections nested, unknown keys and wrong types rejected."""
+    return _build(cls, d, "")
+
+
+def _section_class(f: dataclasses.Field):
+    """The config class of a section field (one whose default is built by a config dataclass), else None."""
+    factory = f.default_factory
+    return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
 
 
 def _build(cls, d: Any, where: str):
+    """Build config class ``cls`` from mapping ``d``: sections recursively, scalars checked by type."""
     if d is None:
         d = {}
     if not isinstance(d, dict):
         raise GradnasError(f"config{' section ' + where if where else ''}: expected a mapping, got {d!r}")
     names = {f.name: f for f in fields(cls)}
+    aliases = _ALIASES.get(cls, {})
     kwargs = {}
     for key, value in d.items():
-        attr = _ALIASES.get(key, key) if cls is SearchConfig else key
+        attr = aliases.get(key, key)
         if attr not in names:
-            valid = sorted(("lambda" if n == "lam" else n) for n in names)
+            spelled = {v: k for k, v in aliases.items()}
+            valid = sorted(spelled.get(n, n) for n in names)
             raise GradnasError(f"config: unknown key {where + key!r}; valid keys{' in ' + where[:-1] if where else ''}: "
                                f"{', '.join(valid)}")
-        if cls is SearchConfig and attr in _SECTIONS:
-            kwargs[attr] = _build(_SECTIONS[attr], value, f"{attr}.")
+        section = _section_class(names[attr])
+        if section is not None:
+            kwargs[attr] = _build(section, value, f"{where}{attr}.")
         else:
             kwargs[attr] = _coerce(value, names[attr], where + key)
     try:
@@ -157,24 +170,25 @@ def _coerce(value, f: dataclasses.Field, where: str):
     return value
 
 
-def load_yaml(path_or_name: str) -> dict:
-    """A config file's mapping. A bare name (``milenas-1st``) means a config shipped with gradnas."""
+def load_yaml(path_or_name: str, *, shipped_dir: Path = CONFIG_DIR, kind: str = "config") -> dict:
+    """A config file's mapping. A bare name (``milenas-1st``) means a config shipped with gradnas (in
+    ``shipped_dir``; ``kind`` names what is loaded in messages, e.g. "setting")."""
     path = Path(path_or_name)
     if not path.is_file():
-        shipped = CONFIG_DIR / f"{path_or_name}.yaml"
+        shipped = shipped_dir / f"{path_or_name}.yaml"
         if not shipped.is_file():
-            names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-            raise GradnasError(f"config {path_or_name!r} not found: give a YAML file path or a shipped config "
+            names = ", ".join(sorted(p.stem for p in shipped_dir.glob("*.yaml")))
+            raise GradnasError(f"{kind} {path_or_name!r} not found: give a YAML file path or a shipped {kind} "
                                f"name ({names})")
         path = shipped
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise GradnasError(f"config file {path} is not valid YAML: {exc}") from None
+        raise GradnasError(f"{kind} file {path} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise GradnasError(f"config file {path} must hold a mapping of keys to values")
+        raise GradnasError(f"{kind} file {path} must hold a mapping of keys to values")
     return data
 
 
