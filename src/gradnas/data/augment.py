@@ -3,9 +3,13 @@
 The whole uint8 dataset lives on the device and every step augments a batch with a handful of tensor
 ops (one gather for crop + flip, one mask multiply for cutout) instead of per-image Python work, so
 augmentation stays cheap next to a forward pass and needs no DataLoader workers.
+
+Images of different sizes (ImageNet) are cropped per image first: :func:`random_resized_crop_box` and
+:func:`resize_center_crop_box` choose the window, ``gradnas.data.stream`` decodes and resamples it.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -122,3 +126,43 @@ class Augment:
                 out = self._cutout(out, generator)
             return out
         return self.normalize(x)
+
+
+# -------------------------------------------------------------------------------- per-image crops
+# Images of different sizes (ImageNet JPEGs) cannot form one tensor before they are cropped, so their
+# crop is chosen per image, on the decoded image, and only the fixed-size result is batched.
+
+def random_resized_crop_box(height: int, width: int, rng, *, scale=(0.08, 1.0),
+                            ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of an Inception-style random crop (Szegedy et al. 2015, as used for ImageNet).
+
+    The crop covers a uniform fraction ``scale`` of the image area, with an aspect ratio drawn
+    log-uniformly from ``ratio``; ten draws that do not fit are retried, then the largest centred crop
+    whose aspect ratio lies in ``ratio`` is used. ``rng`` is a ``random.Random``: the crop depends only
+    on its seed.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resize_center_crop_box(height: int, width: int, resize: int, crop: int) -> tuple[float, float, float, float]:
+    """(top, left, h, w), in source pixels, of the centre ``crop`` x ``crop`` window after resizing the
+    shorter side to ``resize``: the usual ImageNet test transform (resize 256, centre crop 224)."""
+    scale = min(height, width) / resize  # source pixels per resized pixel
+    h = w = crop * scale
+    return (height - h) / 2, (width - w) / 2, h, w

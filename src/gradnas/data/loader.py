@@ -160,3 +160,42 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, augmen
         xb = x[start:start + batch_size].to(device, non_blocking=True)
         yb = y[start:start + batch_size].to(device, dtype=torch.int64, non_blocking=True)
         yield augment(xb, None, train=False), yb
+
+
+class ShuffledBatches:
+    """Training batches from whole tensors on the device: a permutation per epoch seeded by (seed, epoch),
+    the last incomplete batch dropped, each batch augmented on the device.
+
+    ``part`` keeps one slice of every (global) batch: a data-parallel rank draws and augments the same
+    global batch as every other rank, and keeps its share, so K processes see exactly the images and
+    augmentations one process would.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, augment: Augment,
+                 device: torch.device | str, seed: int, part: slice | None = None):
+        _check_xy(x, y)
+        if batch_size < 1 or batch_size > len(x):
+            raise GradnasError(f"batch size {batch_size} does not fit the {len(x)} training images; use a batch "
+                               f"size between 1 and {len(x)}")
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device, dtype=torch.int64)
+        self.batch_size = int(batch_size)
+        self.augment = augment
+        self.seed = int(seed)
+        self.part = part if part is not None else slice(None)
+        self._steps = len(x) // self.batch_size
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """Yield this epoch's (x, y) batches (this rank's part of each), augmented, on the device."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.seed * 1_000_003 + int(epoch)) % 2**64)
+        order = torch.randperm(len(self.x), generator=g, device=self.device)
+        b = self.batch_size
+        for k in range(self._steps):
+            idx = order[k * b:(k + 1) * b]
+            xb = self.augment(self.x.index_select(0, idx), g, train=True)
+            yield xb[self.part], self.y.index_select(0, idx)[self.part]
