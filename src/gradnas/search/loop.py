@@ -5,6 +5,10 @@ weight learning rate, validation of the supernet on the architecture half, the d
 line in metrics.jsonl and an atomic checkpoint. Batches and augmentation depend only on (seed, epoch),
 so a run resumed from the checkpoint of epoch k continues exactly as if it had never stopped.
 
+Under torchrun (see ``gradnas.distributed``) every rank draws the same global batches, takes its slice of
+each, and the method averages every gradient over the ranks; validation is split over the ranks and
+summed; only rank 0 writes the run folder.
+
 Run folder: config.yaml (resolved), split.json, metrics.jsonl, checkpoint.pt, genotype.json,
 summary.json (when finished).
 """
@@ -21,6 +25,8 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
+from gradnas import distributed
+from gradnas.distributed import resolve_device  # noqa: F401  (also imported from here by callers)
 from gradnas.checkpoint import load_checkpoint, save_checkpoint
 from gradnas.config import SearchConfig, resume_conflicts
 from gradnas.data import Augment, PairedBatches, SearchSplit, iterate_batches, load_dataset, make_search_split
@@ -33,18 +39,6 @@ from gradnas.search.methods import make_method, method_class
 
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
 CHECKPOINT_FILE, GENOTYPE_FILE, SUMMARY_FILE = "checkpoint.pt", "genotype.json", "summary.json"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GradnasError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GradnasError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
-    return device
 
 
 def check_names(cfg: SearchConfig) -> None:
@@ -69,17 +63,24 @@ def build_optimizers(cfg: SearchConfig, model):
 
 @torch.no_grad()
 def evaluate(model, x, y, *, augment: Augment, batch_size: int, device, max_batches: int | None = None):
-    """Loss and accuracy (%) of the supernet in eval mode (BN running statistics), no augmentation."""
+    """Loss and accuracy (%) of the supernet in eval mode (BN running statistics), no augmentation.
+
+    In a multi-process run each rank evaluates its share of the (first ``max_batches``) batches and the
+    sums are added up, so every rank returns the figures of the whole set."""
+    if max_batches is not None:
+        x, y = x[:max_batches * batch_size], y[:max_batches * batch_size]
+    part = distributed.world().shard(len(y))
+    x, y = x[part], y[part]
     model.eval()
     total_loss, correct, n = 0.0, 0, 0
-    for b, (xb, yb) in enumerate(iterate_batches(x, y, batch_size=batch_size, augment=augment, device=device)):
-        if max_batches is not None and b >= max_batches:
-            break
-        logits = model(xb)
-        total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(1) == yb).sum())
-        n += yb.numel()
+    if len(y):
+        for xb, yb in iterate_batches(x, y, batch_size=batch_size, augment=augment, device=device):
+            logits = model(xb)
+            total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+            n += yb.numel()
     model.train()
+    total_loss, correct, n = distributed.sum_values([total_loss, correct, n], device)
     return total_loss / max(n, 1), 100.0 * correct / max(n, 1)
 
 
@@ -93,8 +94,10 @@ class Search:
         check_names(cfg)  # before any data is read
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.world = distributed.world()
+        distributed.check_divisible(cfg.batch_size)
         self.device = resolve_device(cfg.device)
-        self._prepare_folder(resume)
+        distributed.run_on_main(lambda: self._prepare_folder(resume))
 
         data = load_dataset(cfg.data.dataset, cfg.data.data_dir)
         split_path = self.out / SPLIT_FILE
@@ -103,7 +106,8 @@ class Search:
         else:
             self.split = make_search_split(len(data.train_y), fraction=cfg.data.split_fraction, seed=cfg.seed,
                                            subset=cfg.data.subset)
-            _write_json(split_path, self.split.to_dict())
+            if self.world.is_main:
+                _write_json(split_path, self.split.to_dict())
         self.augment = Augment(data.mean, data.std, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
                                cutout=cfg.data.cutout)
         self.batches = PairedBatches(data.train_x, data.train_y, self.split, batch_size=cfg.batch_size,
@@ -115,6 +119,9 @@ class Search:
         self.w_optim, self.a_optim, self.scheduler = build_optimizers(cfg, self.model)
         self.method = make_method(cfg.method, self.model, w_optim=self.w_optim, a_optim=self.a_optim,
                                   grad_clip=cfg.w_optim.grad_clip, order=cfg.order, lam=cfg.lam)
+        if self.world.size > 1:
+            distributed.broadcast_state(self.model)
+            self.method.grad_sync = distributed.average_  # weights' and alphas' gradients: the global batch's
         self.epoch = 0
         self.best_valid_acc = -1.0
         if resume:
@@ -167,7 +174,7 @@ class Search:
         self.best_valid_acc = float(state["best_valid_acc"])
         # Metrics lines past the checkpoint belong to an epoch that will be run again.
         path = self.out / METRICS_FILE
-        if path.exists():
+        if path.exists() and self.world.is_main:
             kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= self.epoch]
             path.write_text("".join(l + "\n" for l in kept))
 
@@ -176,6 +183,7 @@ class Search:
         """Run the remaining epochs; `stop_after_epoch` ends early after that epoch (as a crash would)."""
         cfg = self.cfg
         steps = len(self.batches)
+        main, part = self.world.is_main, self.world.shard(cfg.batch_size)
         for epoch in range(self.epoch, cfg.epochs):
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
@@ -183,9 +191,11 @@ class Search:
             lr = self.scheduler.get_last_lr()[0]
             self.model.train()
             sums = {}
-            bar = tqdm(self.batches.epoch(epoch), total=steps, disable=not self.progress, leave=False,
+            bar = tqdm(self.batches.epoch(epoch), total=steps, disable=not (self.progress and main), leave=False,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
             for step, (train_batch, val_batch) in enumerate(bar):
+                if self.world.size > 1:  # this rank's slice of the global batch
+                    train_batch, val_batch = ((x[part], y[part]) for x, y in (train_batch, val_batch))
                 stats = self.method.step(train_batch, val_batch if self.method.uses_val_batch else None)
                 self._check_finite(stats, epoch, step)
                 for prefix in ("train", "val"):  # sums of loss x count, correct and count per batch kind
@@ -197,6 +207,10 @@ class Search:
                 bar.set_postfix(loss=f"{sums['train_loss'] / sums['train_n']:.3f}",
                                 acc=f"{100 * sums['train_correct'] / sums['train_n']:.1f}")
             self.scheduler.step()
+            if self.world.size > 1:  # whole-batch figures, and one set of BN statistics on every rank
+                keys = sorted(sums)
+                sums = dict(zip(keys, distributed.sum_values([sums[k] for k in keys], self.device)))
+                distributed.average_buffers(self.model)
             valid_loss, valid_acc = evaluate(self.model, self.val_x, self.val_y, augment=self.augment,
                                              batch_size=cfg.batch_size, device=self.device,
                                              max_batches=cfg.data.eval_batches)
@@ -219,6 +233,8 @@ class Search:
                 record["arch_batch_loss"] = sums["val_loss"] / sums["val_n"]
                 record["arch_batch_acc"] = 100.0 * sums["val_correct"] / sums["val_n"]
             record["edge_weights"] = self.model.edge_weights()
+            if not main:
+                continue
             with open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
             save_genotype(genotype, self.out / GENOTYPE_FILE)
@@ -229,7 +245,7 @@ class Search:
         summary = {"epochs_done": self.epoch, "finished": self.epoch >= cfg.epochs,
                    "genotype": self.model.genotype().to_string(), "best_valid_acc": self.best_valid_acc,
                    "run_dir": str(self.out)}
-        if summary["finished"]:
+        if summary["finished"] and main:
             _write_json(self.out / SUMMARY_FILE, summary)
         return summary
 
