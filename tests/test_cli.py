@@ -99,3 +99,69 @@ def test_genotype_command_checks_the_space(tmp_path, capsys):
     assert "set the space's node count to 2" in capsys.readouterr().err
     assert main(["genotype", text.replace("dil_conv_3x3", "conv_7x7"), "--set", "supernet.nodes=2"]) == 2
     assert "op 'conv_7x7' is not in the space" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ train
+
+TRAIN_GENO = ("normal=|sep_conv_3x3~0|skip_connect~1|+|dil_conv_3x3~1|max_pool_3x3~2|;"
+              "reduce=|max_pool_3x3~0|skip_connect~1|+|sep_conv_5x5~0|avg_pool_3x3~2|")
+
+
+@pytest.fixture
+def tiny_train_args(tmp_path, monkeypatch):
+    from test_train import make_folder
+    monkeypatch.setenv("GRADNAS_CACHE", str(tmp_path / "cache"))
+    data = make_folder(tmp_path / "data")
+    return ["--dataset", "imagefolder", "--data-dir", str(data), "--epochs", "1", "--batch-size", "8", "--cells", "3",
+            "--channels", "4", "--device", "cpu", "--quiet", "--set", "data.cutout=0"]
+
+
+def test_train_round_trip_and_resume(tmp_path, capsys, tiny_train_args):
+    out = tmp_path / "run"
+    assert main(["train", "--genotype", TRAIN_GENO, *tiny_train_args, "--out", str(out), "--lr", "0.05"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"test acc: {summary['test_acc']:.2f}%" in captured.out and f"run folder: {out}" in captured.out
+    assert f"network: {summary['params_m']:.3f}M parameters (auxiliary head excluded)" in captured.err
+    assert "multiply-adds per 3x12x12 image" in captured.err
+    import yaml
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["optim"]["lr"], saved["network"]["cells"], saved["data"]["cutout"]) == (0.05, 3, 0)
+    assert saved["epochs"] == 1 and saved["channels_last"] is True  # the rest comes from the quick setting
+    # a finished run resumes to the same report; a resume that changes the setting is refused
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert f"test acc: {summary['test_acc']:.2f}%" in capsys.readouterr().out
+    assert main(["train", "--resume", str(out), "--epochs", "3"]) == 2
+    assert "was trained with epochs=1, not 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "give the architecture to train: --genotype"),
+    (["--genotype", "normal=|sep_conv_3x3~0|"], "expected 'normal=|...|;reduce=|...|'"),
+    (["--genotype", TRAIN_GENO, "--setting", "nope"], "setting 'nope' not found"),
+    (["--genotype", TRAIN_GENO, "--size", "2,0"], "does not go with a genotype string"),
+    (["--genotype", TRAIN_GENO, "--set", "optim.gamma=0.9"], "optim.gamma is the exponential schedule's factor"),
+    (["--genotype", TRAIN_GENO, "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--genotype", TRAIN_GENO, "--batch-size", "0"], "batch_size must be >= 1"),
+    (["--resume", "/nonexistent/run"], "is not a gradnas training run folder"),
+])
+def test_train_errors_are_one_clear_line(tmp_path, capsys, args, message):
+    assert main(["train", *args, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradnas: error: ") and message in err and err.count("\n") == 1
+
+
+def test_bench_train_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--train", "--setting", "quick", "--batch", "4", "--cells", "3", "--steps", "1",
+                 "--warmup", "0", "--threads", "1", "--precision", "bf16", "--channels-last", "on",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["results"]
+    assert (row["variant"], row["precision"], row["channels_last"]) == ("bf16+channels_last", "bf16", True)
+    assert row["sec_per_step"] > 0 and row["images_per_sec"] > 0
+    assert result["settings"]["input"] == [1, 28, 28] and result["settings"]["cells"] == 3
+    assert main(["bench", "--train", "--methods", "darts"]) == 2
+    assert "does not go with --train" in capsys.readouterr().err
+    assert main(["bench", "--genotype", TRAIN_GENO]) == 2
+    assert "--genotype goes with --train" in capsys.readouterr().err

@@ -1,8 +1,9 @@
-"""`gradnas bench`: seconds per search step of each method on random data with the real supernet.
+"""`gradnas bench`: seconds per search step of each method on random data with the real supernet, and
+(``--train``) seconds per training step of an evaluation network in each precision / memory format.
 
-Each method runs in a fresh process, so its peak memory is its own: peak RSS of that process on CPU
-(it includes the ~0.3 GB of Python + torch), max allocated memory on CUDA. The first steps are warm-up
-(oneDNN builds its kernels there) and are not timed.
+Each method or variant runs in a fresh process, so its peak memory is its own: peak RSS of that process
+on CPU (it includes the ~0.3 GB of Python + torch), max allocated memory on CUDA. The first steps are
+warm-up (oneDNN builds its kernels there) and are not timed.
 """
 from __future__ import annotations
 
@@ -53,20 +54,8 @@ def _bench_one(spec: dict) -> dict:
     batches = [(batch(), batch()) for _ in range(spec["warmup"] + spec["steps"])]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i, (tr, va) in enumerate(batches):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        step(tr, va)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= spec["warmup"]:
-            times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        peak_gb, peak_kind = torch.cuda.max_memory_allocated(device) / 2**30, "cuda_max_allocated"
-    else:  # ru_maxrss is in KiB on Linux
-        peak_gb, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "rss"
+    times = _time_steps(step, batches, spec["warmup"], device)
+    peak_gb, peak_kind = _peak_memory(device)
     sec = statistics.mean(times)
     return {"method": spec["method"], "order": spec["order"], "sec_per_step": sec, "sec_min": min(times),
             "images_per_sec": spec["batch"] / sec, "peak_memory_gb": peak_gb, "peak_memory_kind": peak_kind}
@@ -94,6 +83,108 @@ def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, devi
         rows.append(row)
     return {"settings": {"batch": batch, "steps": steps, "warmup": warmup, "device": device, "cells": cells,
                          "channels": channels, "input": [3, size, size], "classes": 10, "threads": threads,
+                         "torch": torch.__version__, "machine": platform.processor() or platform.machine()},
+            "results": rows}
+
+
+def _time_steps(step, batches, warmup: int, device) -> list:
+    times = []
+    for i, batch in enumerate(batches):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step(*batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _peak_memory(device) -> tuple:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "rss"  # KiB on Linux
+
+
+def _bench_train_one(spec: dict) -> dict:
+    """One training step of the evaluation network, as ``gradnas train`` takes it (forward with the
+    auxiliary head, loss, backward, gradient clipping, SGD), in one precision and memory format."""
+    from gradnas.space import build_network
+    from gradnas.space.genotype import Genotype
+    from gradnas.train.config import TrainConfig
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    cfg = TrainConfig.from_dict(spec["config"])
+    genotype = Genotype.from_string(spec["genotype"])
+    c, h, w = spec["input"]
+    torch.manual_seed(0)
+    model = build_network(genotype, cfg.network, in_channels=c, num_classes=spec["classes"]).to(device)
+    memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay)
+    aux_weight = cfg.network.auxiliary_weight
+    if hasattr(model, "drop_path_prob"):
+        model.drop_path_prob = cfg.network.drop_path
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(spec["batch"], c, h, w, generator=g).to(device).contiguous(memory_format=memory_format),
+                torch.randint(0, spec["classes"], (spec["batch"],), generator=g).to(device))
+               for _ in range(spec["warmup"] + spec["steps"])]
+
+    def step(x, y):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16"):
+            if aux_weight > 0:
+                logits, aux = model(x, return_aux=True)
+                loss = F.cross_entropy(logits.float(), y) + aux_weight * F.cross_entropy(aux.float(), y)
+            else:
+                loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = _time_steps(step, batches, spec["warmup"], device)
+    peak_gb, peak_kind = _peak_memory(device)
+    sec = statistics.mean(times)
+    return {"variant": spec["variant"], "precision": spec["precision"], "channels_last": spec["channels_last"],
+            "sec_per_step": sec, "sec_min": min(times), "images_per_sec": spec["batch"] / sec,
+            "peak_memory_gb": peak_gb, "peak_memory_kind": peak_kind}
+
+
+def run_train_bench(*, genotype: str, config: dict, input_shape: tuple, classes: int, batch: int, steps: int = 3,
+                    warmup: int = 2, device: str = "cpu", threads: int | None = None, precisions=("fp32", "bf16"),
+                    channels_last=(False, True), progress=print) -> dict:
+    """Seconds per training step of the evaluation network of ``genotype`` (network section of the train
+    ``config``) for every precision x memory format, each in a fresh process."""
+    for p in precisions:
+        if p not in ("fp32", "bf16"):
+            raise GradnasError(f"bench: unknown precision {p!r}; valid: fp32, bf16")
+    if batch < 1 or steps < 1 or warmup < 0:
+        raise GradnasError("bench: --batch and --steps must be >= 1, --warmup >= 0")
+    threads = threads or torch.get_num_threads()
+    ctx = mp.get_context("spawn")
+    rows = []
+    for precision in precisions:
+        for cl in channels_last:
+            variant = precision + ("+channels_last" if cl else "")
+            spec = {"variant": variant, "precision": precision, "channels_last": cl, "genotype": genotype,
+                    "config": config, "input": list(input_shape), "classes": classes, "batch": batch,
+                    "steps": steps, "warmup": warmup, "device": device, "threads": threads}
+            with ctx.Pool(1) as pool:
+                row = pool.apply(_bench_train_one, (spec,))
+            progress(f"{variant:20s} {row['sec_per_step']:7.3f} s/step  {row['images_per_sec']:7.1f} img/s  "
+                     f"peak {row['peak_memory_gb']:.2f} GB ({row['peak_memory_kind']})")
+            rows.append(row)
+    net = config["network"]
+    return {"settings": {"mode": "train", "genotype": genotype, "batch": batch, "steps": steps, "warmup": warmup,
+                         "device": device, "cells": net["cells"], "channels": net["channels"],
+                         "auxiliary_weight": net["auxiliary_weight"], "drop_path": net["drop_path"],
+                         "input": list(input_shape), "classes": classes, "threads": threads,
                          "torch": torch.__version__, "machine": platform.processor() or platform.machine()},
             "results": rows}
 

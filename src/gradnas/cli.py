@@ -9,6 +9,7 @@ from pathlib import Path
 from gradnas.errors import GradnasError
 
 DEFAULT_CONFIG = "quick"  # what plain `gradnas search` runs: MiLeNAS-1st on Fashion-MNIST, a proxy supernet
+DEFAULT_SETTING = "quick"  # what plain `gradnas train` runs: a small network on Fashion-MNIST, minutes on a CPU
 
 # flag -> dotted config key; only flags the user actually gives are applied (argparse default None).
 SEARCH_FLAGS = {
@@ -16,6 +17,11 @@ SEARCH_FLAGS = {
     "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
     "cells": "supernet.cells", "channels": "supernet.channels", "seed": "seed", "device": "device",
     "threads": "threads",
+}
+TRAIN_FLAGS = {
+    "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
+    "cells": "network.cells", "channels": "network.channels", "lr": "optim.lr", "seed": "seed", "device": "device",
+    "threads": "threads", "precision": "precision", "channels_last": "channels_last",
 }
 
 
@@ -50,18 +56,27 @@ def _search_parser(sub):
 
 def _bench_parser(sub):
     from gradnas.bench import BASELINE
-    p = sub.add_parser("bench", help="time one search step of each method on random data",
+    p = sub.add_parser("bench", help="time one search step of each method (or, with --train, one training "
+                                     "step of an evaluation network) on random data",
                        description="Seconds per search step, images per second and peak memory of each method "
-                                   "with the real DARTS supernet on random 3x32x32 data, 10 classes.")
-    p.add_argument("--batch", type=int, default=64)
+                                   "with the real DARTS supernet on random 3x32x32 data, 10 classes. With --train: "
+                                   "seconds per training step of a genotype's evaluation network (the network, "
+                                   "batch and input of --setting) in fp32 and bf16 autocast, with and without "
+                                   "channels_last.")
+    p.add_argument("--batch", type=int, help="batch size (default: 64; with --train the setting's)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (oneDNN builds its kernels there)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--cells", type=int, default=8)
-    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--cells", type=int, help="default: 8; with --train the setting's")
+    p.add_argument("--channels", type=int, help="default: 16; with --train the setting's")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    p.add_argument("--methods", default=f"{BASELINE},darts,milenas,single-level",
-                   help="comma-separated; 'forward-backward' is one plain pass with all gradients")
+    p.add_argument("--methods", help=f"comma-separated (default {BASELINE},darts,milenas,single-level); "
+                                     f"'{BASELINE}' is one plain pass with all gradients")
+    p.add_argument("--train", action="store_true", help="time training steps of an evaluation network instead")
+    p.add_argument("--genotype", help="with --train: the genotype (file, string or run folder; default DARTS_V2)")
+    p.add_argument("--setting", help="with --train: cifar (default), imagenet, quick or a YAML file")
+    p.add_argument("--precision", help="with --train: comma-separated precisions (default fp32,bf16)")
+    p.add_argument("--channels-last", help="with --train: off, on or off,on (the default)")
     p.add_argument("--out", default="bench.json", help="JSON file for the results")
     return p
 
@@ -75,6 +90,100 @@ def _genotype_parser(sub):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", metavar="FILE", help="also write the genotype as JSON to FILE")
     return p
+
+
+def _train_parser(sub):
+    p = sub.add_parser("train", help="train a genotype's network from scratch and report its test accuracy",
+                       description="Build the evaluation network of a genotype and train it from scratch. Prints "
+                                   "its parameters and multiply-adds first, the test accuracy at the end. Without "
+                                   "--setting this runs the quick setting (Fashion-MNIST, minutes on a CPU). "
+                                   "Precedence: --setting < flags < --set. Under torchrun (--nproc_per_node K) the "
+                                   "global batch is split over K processes.")
+    p.add_argument("--genotype", metavar="SOURCE", help="genotype JSON file, canonical string "
+                                                         "('normal=|...|;reduce=|...|') or search run folder (its "
+                                                         "final genotype)")
+    p.add_argument("--size", metavar="N,R", help="with a run folder: the genotype its model-size index lists for "
+                                                 "N convolutions in the normal and R in the reduction cell")
+    p.add_argument("--setting", help="cifar, imagenet, quick, or a YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set optim.lr=0.05 --set network.drop_path=0.3 (repeatable)")
+    p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
+    p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--cells", type=int)
+    p.add_argument("--channels", type=int)
+    p.add_argument("--lr", type=float, help="initial learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = bfloat16 autocast")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--out", help="run folder (default: runs/train-<dataset>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the training in RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def cmd_train(args) -> int:
+    from gradnas import distributed
+    from gradnas.config import load_yaml, resume_conflicts
+    from gradnas.train.config import TrainConfig, load_setting
+    from gradnas.train.genotypes import genotype_from_source, parse_size
+    from gradnas.train.loop import CONFIG_FILE, GENOTYPE_FILE, Training
+    from gradnas.space.genotype import load_genotype
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / GENOTYPE_FILE).is_file():
+            raise GradnasError(f"{run_dir} is not a gradnas training run folder (no {CONFIG_FILE} / {GENOTYPE_FILE})")
+        for flag, given in (("--setting", args.setting), ("--genotype", args.genotype), ("--size", args.size)):
+            if given:
+                raise GradnasError(f"--resume takes the setting and genotype from the run folder; drop {flag}")
+        saved = TrainConfig.from_dict(load_yaml(str(run_dir / CONFIG_FILE)))
+        cfg = TrainConfig.from_dict(apply_cli_overrides(saved.to_dict(), args, TRAIN_FLAGS))
+        diff = resume_conflicts(saved.to_dict(), cfg.to_dict())
+        if diff:
+            key, old, new = diff[0]
+            raise GradnasError(f"{run_dir} was trained with {key}={old!r}, not {new!r}; a resumed run keeps its "
+                               "setting (only --device and --threads may change). Start a new --out instead.")
+        genotype, source = load_genotype(run_dir / GENOTYPE_FILE), str(run_dir / GENOTYPE_FILE)
+        out = run_dir
+    else:
+        if not args.genotype:
+            raise GradnasError("give the architecture to train: --genotype FILE|STRING|RUN_DIR (or --resume RUN_DIR)")
+        size = parse_size(args.size) if args.size else None
+        genotype, source = genotype_from_source(args.genotype, size=size)
+        cfg = TrainConfig.from_dict(apply_cli_overrides(load_setting(args.setting or DEFAULT_SETTING), args,
+                                                        TRAIN_FLAGS))
+    world = distributed.init_from_env(cfg.device)
+    try:
+        if not args.resume:
+            out = Path(args.out) if args.out else Path(distributed.from_main(str(Path("runs") / (
+                f"train-{genotype.space}-{cfg.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))))
+        say = print if world.is_main else (lambda *a, **k: None)
+        training = Training(cfg, genotype, out, resume=bool(args.resume), progress=not args.quiet)
+        h, w = training.data.image_size
+        say(f"genotype ({source}): {genotype}", file=sys.stderr)
+        say(f"network: {training.params_m:.3f}M parameters (auxiliary head excluded), {training.macs_m:.1f}M "
+            f"multiply-adds per {training.data.channels}x{h}x{w} image", file=sys.stderr)
+        if args.resume:
+            say(f"resuming {out} after epoch {training.epoch}/{cfg.epochs}", file=sys.stderr)
+        try:
+            summary = training.run()
+        except KeyboardInterrupt:
+            say(f"\ninterrupted; the last finished epoch ({training.epoch}) is saved. Continue with:\n"
+                f"  gradnas train --resume {out}", file=sys.stderr)
+            return 130
+    finally:
+        distributed.shutdown()
+    say(f"params: {summary['params_m']:.3f}M  multiply-adds: {summary['macs_m']:.1f}M")
+    if "test_acc" in summary:
+        top5 = f"  top-5: {summary['test_top5']:.2f}%" if "test_top5" in summary else ""
+        say(f"test acc: {summary['test_acc']:.2f}%{top5}")
+    say(f"run folder: {out}")
+    return 0
 
 
 def cmd_genotype(args) -> int:
@@ -102,10 +211,10 @@ def resolve_search_config(args):
     return SearchConfig.from_dict(apply_cli_overrides(load_yaml(args.config or DEFAULT_CONFIG), args))
 
 
-def apply_cli_overrides(d: dict, args) -> dict:
+def apply_cli_overrides(d: dict, args, flags: dict = SEARCH_FLAGS) -> dict:
     """Apply the flags the user gave, then each --set, to a config dict (in place)."""
     from gradnas.config import apply_override
-    for attr, key in SEARCH_FLAGS.items():
+    for attr, key in flags.items():
         value = getattr(args, attr)
         if value is not None:
             *sections, last = key.split(".")
@@ -119,6 +228,7 @@ def apply_cli_overrides(d: dict, args) -> dict:
 
 
 def cmd_search(args) -> int:
+    from gradnas import distributed
     from gradnas.config import SearchConfig, load_yaml, resume_conflicts
     from gradnas.search.loop import CONFIG_FILE, Search
 
@@ -139,32 +249,93 @@ def cmd_search(args) -> int:
         out = run_dir
     else:
         cfg = resolve_search_config(args)
-        out = Path(args.out) if args.out else Path("runs") / (
-            f"{cfg.method}-{cfg.space}-{cfg.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    search = Search(cfg, out, resume=bool(args.resume), progress=not args.quiet)
-    if args.resume:
-        print(f"resuming {out} after epoch {search.epoch}/{cfg.epochs}", file=sys.stderr)
+        out = None
+    world = distributed.init_from_env(cfg.device)  # a no-op unless started by torchrun
     try:
-        summary = search.run()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; the last finished epoch ({search.epoch}) is saved. Continue with:\n"
-              f"  gradnas search --resume {out}", file=sys.stderr)
-        return 130
-    print(f"genotype: {summary['genotype']}")
-    print(f"best valid acc: {summary['best_valid_acc']:.2f}%")
-    print(f"run folder: {out}")
+        if out is None:
+            out = Path(args.out) if args.out else Path(distributed.from_main(str(Path("runs") / (
+                f"{cfg.method}-{cfg.space}-{cfg.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))))
+        say = print if world.is_main else (lambda *a, **k: None)
+        search = Search(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+        if args.resume:
+            say(f"resuming {out} after epoch {search.epoch}/{cfg.epochs}", file=sys.stderr)
+        try:
+            summary = search.run()
+        except KeyboardInterrupt:
+            say(f"\ninterrupted; the last finished epoch ({search.epoch}) is saved. Continue with:\n"
+                f"  gradnas search --resume {out}", file=sys.stderr)
+            return 130
+    finally:
+        distributed.shutdown()
+    say(f"genotype: {summary['genotype']}")
+    say(f"best valid acc: {summary['best_valid_acc']:.2f}%")
+    say(f"run folder: {out}")
     return 0
 
 
+# The DARTS paper's cell (DARTS_V2), the default genotype of `gradnas bench --train`.
+DARTS_V2 = ("normal=|sep_conv_3x3~0|sep_conv_3x3~1|+|sep_conv_3x3~0|sep_conv_3x3~1|+|skip_connect~0|sep_conv_3x3~1|"
+            "+|skip_connect~0|dil_conv_3x3~2|;reduce=|max_pool_3x3~0|max_pool_3x3~1|+|max_pool_3x3~1|skip_connect~2|"
+            "+|max_pool_3x3~0|skip_connect~2|+|max_pool_3x3~1|skip_connect~2|")
+# Input shape and classes of the datasets a setting may name (imagefolder: those of ImageNet).
+BENCH_INPUTS = {"cifar10": ((3, 32, 32), 10), "fashion-mnist": ((1, 28, 28), 10)}
+
+
+def _bench_train(args, device: str):
+    from gradnas.bench import run_train_bench
+    from gradnas.data.sources import dataset_key
+    from gradnas.train.config import TrainConfig, load_setting
+    from gradnas.train.genotypes import genotype_from_source
+    if args.methods is not None:
+        raise GradnasError("--methods times search steps; it does not go with --train")
+    d = load_setting(args.setting or "cifar")
+    for flag, key in (("batch", "batch_size"), ("cells", "network.cells"), ("channels", "network.channels")):
+        value = getattr(args, flag)
+        if value is not None:
+            *sections, last = key.split(".")
+            node = d
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[last] = value
+    cfg = TrainConfig.from_dict(d)
+    genotype, _ = genotype_from_source(args.genotype or DARTS_V2)
+    if cfg.data.random_resized_crop:
+        shape, classes = (3, cfg.data.random_resized_crop, cfg.data.random_resized_crop), 1000
+    else:
+        key = dataset_key(cfg.data.dataset)
+        if key not in BENCH_INPUTS:
+            raise GradnasError(f"bench --train: the images of dataset {key!r} have no fixed size; use a setting with "
+                               f"dataset {' or '.join(BENCH_INPUTS)} or with random_resized_crop")
+        shape, classes = BENCH_INPUTS[key]
+    precisions = [p.strip() for p in (args.precision or "fp32,bf16").split(",") if p.strip()]
+    formats = {"off": False, "on": True}
+    layouts = [x.strip() for x in (args.channels_last or "off,on").split(",") if x.strip()]
+    if not layouts or any(x not in formats for x in layouts):
+        raise GradnasError(f"--channels-last {args.channels_last!r}: give off, on or off,on")
+    print(f"gradnas bench --train: {genotype.space} network, {cfg.network.cells} cells, {cfg.network.channels} "
+          f"channels, batch {cfg.batch_size} of {'x'.join(map(str, shape))}, device {device}", file=sys.stderr)
+    return run_train_bench(genotype=genotype.to_string(), config=cfg.to_dict(), input_shape=shape, classes=classes,
+                           batch=cfg.batch_size, steps=args.steps, warmup=args.warmup, device=device,
+                           threads=args.threads, precisions=precisions,
+                           channels_last=[formats[x] for x in layouts])
+
+
 def cmd_bench(args) -> int:
-    from gradnas.bench import run_bench, write_bench
-    from gradnas.search.loop import resolve_device
+    from gradnas.bench import BASELINE, run_bench, write_bench
+    from gradnas.distributed import resolve_device
     device = str(resolve_device(args.device))
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    print(f"gradnas bench: batch {args.batch}, {args.cells} cells, {args.channels} channels, device {device}",
-          file=sys.stderr)
-    result = run_bench(methods=methods, batch=args.batch, steps=args.steps, warmup=args.warmup, device=device,
-                       cells=args.cells, channels=args.channels, threads=args.threads)
+    if args.train:
+        result = _bench_train(args, device)
+    else:
+        for flag in ("genotype", "setting", "precision", "channels_last"):
+            if getattr(args, flag) is not None:
+                raise GradnasError(f"--{flag.replace('_', '-')} goes with --train (timing an evaluation network)")
+        batch, cells, channels = args.batch or 64, args.cells or 8, args.channels or 16
+        methods = [m.strip() for m in (args.methods or f"{BASELINE},darts,milenas,single-level").split(",")
+                   if m.strip()]
+        print(f"gradnas bench: batch {batch}, {cells} cells, {channels} channels, device {device}", file=sys.stderr)
+        result = run_bench(methods=methods, batch=batch, steps=args.steps, warmup=args.warmup, device=device,
+                           cells=cells, channels=channels, threads=args.threads)
     write_bench(result, args.out)
     print(f"written {args.out}")
     return 0
@@ -174,6 +345,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="gradnas", description="Gradient-based neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True)
     _search_parser(sub)
+    _train_parser(sub)
     _bench_parser(sub)
     _genotype_parser(sub)
     return parser
@@ -181,7 +353,7 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"search": cmd_search, "bench": cmd_bench, "genotype": cmd_genotype}
+    handlers = {"search": cmd_search, "train": cmd_train, "bench": cmd_bench, "genotype": cmd_genotype}
     try:
         return handlers[args.command](args)
     except GradnasError as exc:

@@ -1,0 +1,1 @@
+"""Training a found architecture from scratch: settings, the genotype's source, and the training loop."""

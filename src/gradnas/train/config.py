@@ -1,0 +1,135 @@
+"""Frozen settings for training an evaluation network from scratch, loaded from YAML, flags and --set.
+
+The tree mirrors the objects: ``data`` -> the batches, ``network`` -> the evaluation network,
+``optim`` -> SGD and its schedule, the top level -> the loop. Defaults are the CIFAR-10 setting of
+DARTS / MiLeNAS (section 4.3): 20 cells, 36 channels, 600 epochs, batch 96, SGD 0.025 cosine, momentum
+0.9, weight decay 3e-4, cutout 16, drop path 0.2 ramped up linearly, auxiliary weight 0.4, gradient clip 5.
+Shipped settings (``configs/train/``): ``cifar``, ``imagenet`` (MiLeNAS supplementary A.2) and ``quick``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from gradnas.config import CONFIG_DIR, build_config, load_yaml
+from gradnas.errors import GradnasError
+from gradnas.space.darts_network import STEMS
+
+SETTINGS_DIR = CONFIG_DIR / "train"
+SCHEDULES = ("cosine", "exponential")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainDataConfig:
+    dataset: str = "cifar10"
+    data_dir: str | None = None          # None: the dataset's default location
+    subset: int | None = None            # train on this many training images (a seeded random choice); None = all
+    crop_padding: int = 4                # random crop after zero padding (images held in memory)
+    flip: bool = True                    # random horizontal flip
+    cutout: int = 16                     # side of the cutout square; 0 = off
+    random_resized_crop: int = 0         # >0: Inception-style random-resized crop to this side, images decoded per
+                                         # batch from an ImageFolder (ImageNet: 224); 0 = images held in memory
+    eval_resize: int | None = None       # with random_resized_crop: test images' shorter side before the centre
+                                         # crop; None = random_resized_crop / 0.875 (224 -> 256)
+    mean: tuple | None = None            # per-channel normalisation; None = the dataset's own
+    std: tuple | None = None
+    workers: int = 4                     # decoding processes with random_resized_crop (0 = decode in this process)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    cells: int = 20
+    channels: int = 36
+    stem: str = "cifar"                  # cifar (3x3 conv) or imagenet (three stride-2 convs, /8)
+    auxiliary_weight: float = 0.4        # weight of the auxiliary head's loss; 0 = no auxiliary head
+    drop_path: float = 0.2               # drop-path probability reached at the last epoch (linear ramp from 0)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    nesterov: bool = False
+    schedule: str = "cosine"             # cosine (to lr_min over the epochs) or exponential (x gamma per epoch)
+    lr_min: float | None = None          # cosine only: the floor; None = 0
+    gamma: float | None = None           # exponential only: the factor per epoch (ImageNet: 0.97)
+    grad_clip: float = 5.0               # max norm of the gradient; 0 = no clipping
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 600
+    batch_size: int = 96                 # the global batch (split over the processes of a distributed run)
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    threads: int | None = None           # CPU threads; None = torch's default
+    precision: str = "fp32"              # fp32 or bf16 (autocast; weights and optimizer stay fp32)
+    channels_last: bool = False          # NHWC memory format for activations and weights
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        d, n, o = self.data, self.network, self.optim
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (d.subset is None or d.subset >= 1, f"data.subset must be >= 1 or null, got {d.subset}"),
+            (d.crop_padding >= 0 and d.cutout >= 0, "data.crop_padding and data.cutout must be >= 0"),
+            (d.random_resized_crop >= 0, f"data.random_resized_crop must be >= 0, got {d.random_resized_crop}"),
+            (not (d.random_resized_crop and d.crop_padding),
+             "data.random_resized_crop and data.crop_padding are two ways to crop; set crop_padding: 0 with "
+             "random_resized_crop"),
+            (d.eval_resize is None or d.random_resized_crop > 0,
+             "data.eval_resize only applies with data.random_resized_crop; remove it or set random_resized_crop"),
+            (d.eval_resize is None or d.eval_resize >= d.random_resized_crop,
+             f"data.eval_resize ({d.eval_resize}) must be >= data.random_resized_crop ({d.random_resized_crop})"),
+            ((d.mean is None) == (d.std is None), "set data.mean and data.std together (or neither)"),
+            (d.mean is None or d.std is None or (len(d.mean) == len(d.std) and all(s > 0 for s in d.std)),
+             "data.mean and data.std need one value per channel and positive std values"),
+            (d.workers >= 0, f"data.workers must be >= 0, got {d.workers}"),
+            (n.cells >= 3, f"network.cells must be >= 3, got {n.cells}"),
+            (n.channels >= 2 and n.channels % 2 == 0, f"network.channels must be an even number >= 2, got {n.channels}"),
+            (n.stem in STEMS, f"network.stem must be one of {', '.join(STEMS)}, got {n.stem!r}"),
+            (n.auxiliary_weight >= 0 and math.isfinite(n.auxiliary_weight),
+             f"network.auxiliary_weight must be >= 0, got {n.auxiliary_weight}"),
+            (0 <= n.drop_path < 1, f"network.drop_path must be in [0, 1), got {n.drop_path}"),
+            (o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
+            (o.momentum >= 0 and o.weight_decay >= 0 and o.grad_clip >= 0,
+             "optim.momentum, optim.weight_decay and optim.grad_clip must be >= 0"),
+            (not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0"),
+            (0 <= o.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}"),
+            (o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}"),
+            (o.schedule == "cosine" or o.lr_min is None,
+             "optim.lr_min is the cosine schedule's floor; remove it for the exponential schedule"),
+            (o.schedule == "exponential" or o.gamma is None,
+             "optim.gamma is the exponential schedule's factor; remove it or set optim.schedule: exponential"),
+            (o.schedule != "exponential" or (o.gamma is not None and 0 < o.gamma <= 1),
+             f"the exponential schedule needs optim.gamma in (0, 1], got {o.gamma}"),
+            (o.lr_min is None or 0 <= o.lr_min <= o.lr, f"optim.lr_min must be in [0, lr], got {o.lr_min}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GradnasError(f"train config: {message}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for key in ("mean", "std"):
+            if d["data"][key] is not None:
+                d["data"][key] = list(d["data"][key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return build_config(cls, d)
+
+
+def load_setting(name_or_path: str) -> dict:
+    """A setting's mapping: a shipped name (cifar, imagenet, quick) or a YAML file."""
+    return load_yaml(name_or_path, shipped_dir=SETTINGS_DIR, kind="setting")

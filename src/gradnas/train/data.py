@@ -1,0 +1,120 @@
+"""The batches of a training run: the whole training set for the weights, the test set for the report.
+
+Two ways to get images, chosen by ``data.random_resized_crop``: 0 holds the dataset in memory as one uint8
+tensor and augments batches on the device (pad-and-crop, flip, cutout: the CIFAR recipe); > 0 decodes an
+ImageFolder batch by batch with a random-resized crop (the ImageNet recipe, ``gradnas.data.stream``).
+In a data-parallel run each rank gets its share of every training batch and of the test set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from gradnas.data import Augment, iterate_batches, load_dataset
+from gradnas.data.loader import ShuffledBatches
+from gradnas.data.sources import FOLDER_FIX, _as_path, dataset_key
+from gradnas.data.stream import IMAGENET_MEAN, IMAGENET_STD, StreamBatches, scan_image_folder
+from gradnas.distributed import World
+from gradnas.errors import GradnasError
+from gradnas.train.config import TrainDataConfig
+
+
+@dataclass
+class TrainData:
+    """What the loop needs: ``epoch(e)`` and ``test()`` yield normalised (x, y) batches on the device."""
+
+    epoch: Callable[[int], Iterator]
+    test: Callable[[], Iterator]
+    steps: int                 # training steps per epoch
+    num_classes: int
+    channels: int
+    image_size: tuple          # (H, W) the network sees
+    num_train: int
+    num_test: int
+
+
+def _pick_subset(n: int, subset: int | None, seed: int) -> torch.Tensor | None:
+    if subset is None:
+        return None
+    if subset > n:
+        raise GradnasError(f"data.subset {subset} is larger than the {n} training images; lower it or remove it")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:subset]
+    return perm.sort().values
+
+
+def make_train_data(cfg: TrainDataConfig, *, batch_size: int, seed: int, device: torch.device,
+                    world: World) -> TrainData:
+    """Load (or index) the dataset of ``cfg`` and build this rank's training and test batches."""
+    dataset_key(cfg.dataset)  # fail fast on an unknown name
+    part = world.shard(batch_size)
+    if cfg.random_resized_crop:
+        return _streamed(cfg, batch_size=batch_size, seed=seed, device=device, world=world, part=part)
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    if len(data.test_y) == 0:
+        raise GradnasError(f"{cfg.dataset}: the data has no test split; training reports test accuracy, so give "
+                           "an ImageFolder with a test/ (or val/) folder next to train/")
+    mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else (data.mean, data.std)
+    if len(mean) != data.channels:
+        raise GradnasError(f"data.mean has {len(mean)} values but the images have {data.channels} channels")
+    augment = Augment(mean, std, crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout)
+    train_x, train_y = data.train_x, data.train_y
+    chosen = _pick_subset(len(train_y), cfg.subset, seed)
+    if chosen is not None:
+        train_x, train_y = train_x[chosen], train_y[chosen]
+    batches = ShuffledBatches(train_x, train_y, batch_size=batch_size, augment=augment, device=device, seed=seed,
+                              part=part)
+    test_part = world.shard(len(data.test_y))
+    test_x, test_y = data.test_x[test_part], data.test_y[test_part]
+
+    def test():
+        if len(test_y):
+            yield from iterate_batches(test_x, test_y, batch_size=batch_size, augment=augment, device=device)
+
+    return TrainData(epoch=batches.epoch, test=test, steps=len(batches), num_classes=data.num_classes,
+                     channels=data.channels, image_size=data.image_size, num_train=len(train_y),
+                     num_test=len(data.test_y))
+
+
+def _streamed(cfg: TrainDataConfig, *, batch_size, seed, device, world, part) -> TrainData:
+    if dataset_key(cfg.dataset) != "imagefolder":
+        raise GradnasError(f"data.random_resized_crop decodes an ImageFolder per batch; it needs dataset "
+                           f"imagefolder, not {cfg.dataset!r} (set random_resized_crop: 0 for in-memory data)")
+    if cfg.data_dir is None:
+        raise GradnasError(f"imagefolder: no --data-dir given; this dataset has no default location. {FOLDER_FIX}")
+    source = _as_path(cfg.data_dir)
+    if not source.exists():
+        raise GradnasError(f"imagefolder: --data-dir {source} does not exist. {FOLDER_FIX}")
+    train_items, test_items, classes = scan_image_folder(source, FOLDER_FIX)
+    if not test_items:
+        raise GradnasError(f"imagefolder: {source} has no test/ or val/ folder; training reports test accuracy, "
+                           f"so give one. {FOLDER_FIX}")
+    chosen = _pick_subset(len(train_items), cfg.subset, seed)
+    if chosen is not None:
+        train_items = [train_items[i] for i in chosen.tolist()]
+    mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    if len(mean) != 3:
+        raise GradnasError(f"data.mean has {len(mean)} values; streamed images are decoded as RGB (3 channels)")
+    size = cfg.random_resized_crop
+    batches = StreamBatches(train_items, batch_size=batch_size, size=size, train=True, seed=seed, flip=cfg.flip,
+                            workers=cfg.workers, part=part)
+    my_tests = test_items[world.shard(len(test_items))]
+    tests = StreamBatches(my_tests, batch_size=batch_size, size=size, train=False, eval_resize=cfg.eval_resize,
+                          workers=cfg.workers) if my_tests else None
+    # Crop and flip happen per image while decoding; on the device only cutout (if any) and normalisation.
+    normalize = Augment(mean, std, crop_padding=0, flip=False, cutout=cfg.cutout)
+
+    def epoch(e):
+        g = torch.Generator(device=device)
+        g.manual_seed(((seed * 1_000_003 + e) * 1_009 + world.rank) % 2**64)  # cutout draws: this rank's own stream
+        for x, y in batches.epoch(e):
+            yield normalize(x.to(device, non_blocking=True), g, train=True), y.to(device)
+
+    def test():
+        if tests is not None:
+            for x, y in tests.epoch():
+                yield normalize(x.to(device, non_blocking=True), None, train=False), y.to(device)
+
+    return TrainData(epoch=epoch, test=test, steps=len(batches), num_classes=len(classes), channels=3,
+                     image_size=(size, size), num_train=len(train_items), num_test=len(test_items))

@@ -1,0 +1,291 @@
+"""Training from scratch on tiny image folders: run folder, exact resume, settings, genotype sources,
+per-image (ImageNet-style) decoding, and batch sharding for data parallelism."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from gradnas.data import Augment
+from gradnas.data.augment import random_resized_crop_box, resize_center_crop_box
+from gradnas.data.loader import ShuffledBatches
+from gradnas.data.stream import StreamBatches, scan_image_folder
+from gradnas.errors import GradnasError
+from gradnas.space.darts_network import darts_params_m
+from gradnas.space.genotype import save_genotype
+from gradnas.train.config import SETTINGS_DIR, TrainConfig, load_setting
+from gradnas.train.genotypes import genotype_from_source, parse_size
+from gradnas.train.loop import Training
+
+from test_darts_network import DARTS_V2, random_genotype
+
+GENO = random_genotype(0, steps=2)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GRADNAS_CACHE", str(tmp_path_factory.getbasetemp() / "train-cache"))
+
+
+def make_folder(root, *, classes=3, train=8, test=4, size=(12, 12), vary=False, fmt="png", seed=0):
+    """An ImageFolder whose classes differ in colour (learnable), optionally with varying image sizes."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("test", test)):
+        for c in range(classes):
+            d = root / split / f"class{c:02d}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                w, h = (int(rng.integers(10, 40)), int(rng.integers(10, 40))) if vary else size
+                arr = rng.integers(0, 60, (h, w, 3))
+                arr[..., c % 3] += 60 + 60 * (c // 3)
+                Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(d / f"{i:03d}.{fmt}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("colours"))
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    """12 classes (so top-5 is reported) of JPEGs of different sizes."""
+    return make_folder(tmp_path_factory.mktemp("jpegs"), classes=12, train=2, test=1, vary=True, fmt="jpg")
+
+
+def tiny_config(data_dir, streamed=False, **top):
+    d = {"epochs": 2, "batch_size": 8, "seed": 1, "device": "cpu",
+         "data": {"dataset": "imagefolder", "data_dir": str(data_dir), "crop_padding": 2, "cutout": 4,
+                  "workers": 0},
+         "network": {"cells": 3, "channels": 4, "auxiliary_weight": 0.4, "drop_path": 0.2},
+         "optim": {"lr": 0.05}}
+    if streamed:
+        d["data"].update(crop_padding=0, random_resized_crop=16)
+    for k, v in top.items():
+        d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
+    return TrainConfig.from_dict(d)
+
+
+def _metrics(run_dir):
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("epoch_time")
+    return lines
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_resume_continues_exactly(tmp_path, folder, jpeg_folder, streamed):
+    cfg = tiny_config(jpeg_folder if streamed else folder, streamed=streamed)
+    full = Training(cfg, GENO, tmp_path / "full", progress=False)
+    full.run()
+    stopped = Training(cfg, GENO, tmp_path / "resumed", progress=False)
+    assert stopped.run(stop_after_epoch=1)["finished"] is False
+    resumed = Training(cfg, GENO, tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.epoch == 1
+    summary = resumed.run()
+    assert summary["finished"]
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for key in a:  # weights and BN statistics, bit for bit (drop path and augmentation included)
+        assert torch.equal(a[key], b[key]), key
+    assert _metrics(tmp_path / "full") == _metrics(tmp_path / "resumed")
+
+
+def test_run_folder_metrics_and_summary(tmp_path, folder):
+    cfg = tiny_config(folder, epochs=3)
+    run = Training(cfg, GENO, tmp_path, progress=False)
+    summary = run.run()
+    assert TrainConfig.from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == cfg
+    assert json.loads((tmp_path / "genotype.json").read_text())["string"] == GENO.to_string()
+    network = json.loads((tmp_path / "network.json").read_text())
+    assert network["params_m"] == darts_params_m(GENO, cells=3, channels=4, num_classes=3) > 0
+    assert network["macs_m"] > 0 and network["input"] == [3, 12, 12]
+    records = _metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["drop_path"] for r in records] == pytest.approx([0.0, 0.2 / 3, 0.4 / 3])  # linear ramp
+    assert records[0]["lr"] == 0.05 and records[1]["lr"] == pytest.approx(0.05 * 0.75)  # cosine to 0
+    for r in records:
+        assert set(r) >= {"train_loss", "train_acc", "test_loss", "test_acc"} and "test_top5" not in r
+    assert records[-1]["train_loss"] < records[0]["train_loss"]  # the colours are learnable
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["test_acc"] == records[-1]["test_acc"] == summary["test_acc"]
+    assert saved["params_m"] == network["params_m"] and saved["finished"]
+
+
+def test_streamed_folder_reports_top5_and_rgb_crops(tmp_path, jpeg_folder):
+    cfg = tiny_config(jpeg_folder, streamed=True, epochs=1, precision="bf16", channels_last=True)
+    run = Training(cfg, GENO, tmp_path, progress=False)
+    assert run.data.image_size == (16, 16) and run.data.num_classes == 12 and run.data.num_test == 12
+    run.run()
+    (record,) = _metrics(tmp_path)
+    assert 0 <= record["test_acc"] <= record["test_top5"] <= 100
+    assert all(p.dtype == torch.float32 for p in run.model.parameters())  # autocast leaves weights in fp32
+
+
+def test_resume_and_reuse_are_checked(tmp_path, folder):
+    Training(tiny_config(folder, epochs=1), GENO, tmp_path, progress=False).run()
+    with pytest.raises(GradnasError, match="another config .*optim.lr"):
+        Training(tiny_config(folder, epochs=1, optim={"lr": 0.1}), GENO, tmp_path, resume=True, progress=False)
+    with pytest.raises(GradnasError, match="trains another genotype"):
+        Training(tiny_config(folder, epochs=1), random_genotype(5, steps=2), tmp_path, resume=True, progress=False)
+    with pytest.raises(GradnasError, match="already holds a training run"):
+        Training(tiny_config(folder, epochs=1), GENO, tmp_path, progress=False)
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, folder):
+    cfg = tiny_config(folder, optim={"lr": 1e30, "grad_clip": 0.0, "momentum": 0.0})
+    with pytest.raises(GradnasError, match=r"NaN/inf in epoch \d.*Lower optim.lr"):
+        Training(cfg, GENO, tmp_path, progress=False).run()
+
+
+# ---------------------------------------------------------------------------------------- settings
+
+def test_shipped_settings_are_the_papers():
+    assert sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml")) == ["cifar", "imagenet", "quick"]
+    cifar = TrainConfig.from_dict(load_setting("cifar"))
+    assert cifar == TrainConfig()  # the defaults are the CIFAR setting
+    assert (cifar.network.cells, cifar.network.channels, cifar.epochs, cifar.batch_size) == (20, 36, 600, 96)
+    assert (cifar.optim.lr, cifar.optim.schedule, cifar.optim.momentum, cifar.optim.weight_decay) == (
+        0.025, "cosine", 0.9, 3e-4)
+    assert (cifar.data.cutout, cifar.network.drop_path, cifar.network.auxiliary_weight, cifar.optim.grad_clip) == (
+        16, 0.2, 0.4, 5.0)
+    imagenet = TrainConfig.from_dict(load_setting("imagenet"))
+    assert (imagenet.network.cells, imagenet.network.channels, imagenet.network.stem) == (14, 48, "imagenet")
+    assert (imagenet.epochs, imagenet.batch_size, imagenet.optim.lr, imagenet.optim.schedule, imagenet.optim.gamma,
+            imagenet.optim.weight_decay, imagenet.optim.label_smoothing, imagenet.network.auxiliary_weight) == (
+        250, 128, 0.1, "exponential", 0.97, 3e-5, 0.1, 0.4)
+    assert (imagenet.data.dataset, imagenet.data.random_resized_crop, imagenet.data.flip) == ("imagefolder", 224, True)
+    quick = TrainConfig.from_dict(load_setting("quick"))
+    assert quick.data.dataset == "fashion-mnist"
+
+
+@pytest.mark.parametrize("d,message", [
+    ({"optim": {"gamma": 0.9}}, "optim.gamma is the exponential schedule's factor"),
+    ({"optim": {"schedule": "exponential"}}, "needs optim.gamma"),
+    ({"optim": {"schedule": "exponential", "gamma": 0.97, "lr_min": 0.001}}, "lr_min is the cosine"),
+    ({"optim": {"schedule": "step"}}, "optim.schedule must be one of cosine, exponential"),
+    ({"precision": "fp16"}, "precision must be one of fp32, bf16"),
+    ({"network": {"stem": "resnet"}}, "network.stem must be one of cifar, imagenet"),
+    ({"network": {"drop_path": 1.0}}, "drop_path must be in"),
+    ({"data": {"random_resized_crop": 224}}, "set crop_padding: 0"),
+    ({"data": {"eval_resize": 256}}, "eval_resize only applies"),
+    ({"data": {"mean": [0.5]}}, "mean and data.std together"),
+    ({"network": {"cell": 5}}, "unknown key 'network.cell'"),
+    ({"epochs": "many"}, "epochs must be an integer"),
+])
+def test_config_errors(d, message):
+    with pytest.raises(GradnasError, match=message):
+        TrainConfig.from_dict(d)
+
+
+# ---------------------------------------------------------------------------------------- genotype sources
+
+def _search_run(root, genotype, finished=True):
+    root.mkdir()
+    save_genotype(genotype, root / "genotype.json")
+    if finished:
+        (root / "summary.json").write_text(json.dumps({"genotype": genotype.to_string(), "finished": True}))
+    return root
+
+
+def test_genotype_sources(tmp_path):
+    text = DARTS_V2.to_string()
+    assert genotype_from_source(text)[0] == DARTS_V2
+    save_genotype(DARTS_V2, tmp_path / "g.json")
+    assert genotype_from_source(str(tmp_path / "g.json"))[0] == DARTS_V2
+    run = _search_run(tmp_path / "run", DARTS_V2)
+    assert genotype_from_source(str(run))[0] == DARTS_V2
+    unfinished = _search_run(tmp_path / "unfinished", DARTS_V2, finished=False)
+    with pytest.raises(GradnasError, match="has not finished.*--genotype .*genotype.json"):
+        genotype_from_source(str(unfinished))
+    with pytest.raises(GradnasError, match="neither a file nor a genotype string"):
+        genotype_from_source(str(tmp_path / "nothing.json"))
+
+
+def test_size_index_picks_a_genotype(tmp_path):
+    run = _search_run(tmp_path / "run", DARTS_V2)
+    (run / "sizes").mkdir()
+    small, large = random_genotype(3), random_genotype(4)
+    save_genotype(small, run / "sizes" / "size-2-0.json")
+    save_genotype(large, run / "sizes" / "size-6-1.json")
+    index = [{"normal_convs": 2, "reduce_convs": 0, "params_m": 1.2, "best_valid_acc": 80.0, "epoch": 20,
+              "genotype_file": "sizes/size-2-0.json"},
+             {"normal_convs": 6, "reduce_convs": 1, "params_m": 3.9, "best_valid_acc": 84.0, "epoch": 41,
+              "genotype_file": "sizes/size-6-1.json"}]
+    (run / "sizes" / "index.json").write_text(json.dumps(index))
+    assert genotype_from_source(str(run), size=parse_size("6,1"))[0] == large
+    assert genotype_from_source(str(run), size=(2, 0))[0] == small
+    with pytest.raises(GradnasError, match="no genotype with 4 normal and 0 reduction.*sizes there: 2,0, 6,1"):
+        genotype_from_source(str(run), size=(4, 0))
+    with pytest.raises(GradnasError, match="expected N,R"):
+        parse_size("6")
+    with pytest.raises(GradnasError, match="no model-size index"):
+        genotype_from_source(str(_search_run(tmp_path / "plain", DARTS_V2)), size=(2, 0))
+
+
+# ---------------------------------------------------------------------------------------- data
+
+def test_random_resized_crop_box_stays_in_range():
+    rng = random.Random(0)
+    for _ in range(500):
+        h, w = rng.randint(8, 400), rng.randint(8, 400)
+        top, left, ch, cw = random_resized_crop_box(h, w, rng)
+        assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w and ch > 0 and cw > 0
+    # a fitting draw covers 8%..100% of the area with aspect ratio in [3/4, 4/3] (up to rounding)
+    fracs, ratios = [], []
+    for s in range(300):
+        top, left, ch, cw = random_resized_crop_box(300, 300, random.Random(s))
+        fracs.append(ch * cw / 300 ** 2)
+        ratios.append(cw / ch)
+    assert 0.07 < min(fracs) and max(fracs) <= 1.0 and 0.72 < min(ratios) and max(ratios) < 1.39
+    assert max(fracs) - min(fracs) > 0.5  # really random
+    # nothing fits a 1000x10 strip: the fallback is the widest centred crop with ratio 4/3
+    assert random_resized_crop_box(10, 1000, random.Random(0), scale=(0.99, 1.0)) == (0, 493, 10, 13)
+
+
+def test_resize_center_crop_box():
+    # shorter side 384 -> 256 (scale 1.5): the 224 centre window spans 336 source pixels
+    assert resize_center_crop_box(384, 512, 256, 224) == (24.0, 88.0, 336.0, 336.0)
+
+
+def test_streamed_batches_do_not_depend_on_workers_or_ranks(jpeg_folder):
+    train, test, classes = scan_image_folder(jpeg_folder, "fix")
+    assert len(classes) == 12 and len(train) == 24 and len(test) == 12
+    kw = dict(batch_size=6, size=10, train=True, seed=3)
+    whole = list(StreamBatches(train, **kw).epoch(2))
+    assert len(whole) == 4 and whole[0][0].shape == (6, 3, 10, 10) and whole[0][0].dtype == torch.uint8
+    pooled = list(StreamBatches(train, workers=2, **kw).epoch(2))
+    halves = [list(StreamBatches(train, part=slice(a, b), **kw).epoch(2)) for a, b in ((0, 3), (3, 6))]
+    for k, (x, y) in enumerate(whole):
+        assert torch.equal(x, pooled[k][0]) and torch.equal(y, pooled[k][1])
+        assert torch.equal(x, torch.cat([halves[0][k][0], halves[1][k][0]]))
+    other_epoch = list(StreamBatches(train, **kw).epoch(3))
+    assert not torch.equal(whole[0][0], other_epoch[0][0])
+    tests = list(StreamBatches(test, batch_size=5, size=10, train=False).epoch())
+    assert [len(y) for _, y in tests] == [5, 5, 2]  # every test image once, in order
+
+
+def test_streamed_decode_error_names_the_file(tmp_path):
+    root = make_folder(tmp_path / "f", classes=2, train=2, test=1, fmt="jpg")
+    bad = root / "train" / "class01" / "001.jpg"
+    bad.write_bytes(b"not a jpeg")
+    train, _, _ = scan_image_folder(root, "fix")
+    with pytest.raises(GradnasError, match="cannot decode image .*001.jpg"):
+        list(StreamBatches(train, batch_size=4, size=8, train=True).epoch(0))
+
+
+def test_shuffled_batch_parts_make_up_the_global_batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 255, (40, 3, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.arange(40)
+    augment = Augment((0.5,) * 3, (0.25,) * 3, crop_padding=2, flip=True, cutout=3)
+    whole = list(ShuffledBatches(x, y, batch_size=8, augment=augment, device="cpu", seed=4).epoch(1))
+    parts = [list(ShuffledBatches(x, y, batch_size=8, augment=augment, device="cpu", seed=4, part=p).epoch(1))
+             for p in (slice(0, 4), slice(4, 8))]
+    assert len(whole) == 5
+    for k, (xb, yb) in enumerate(whole):
+        assert torch.equal(xb, torch.cat([parts[0][k][0], parts[1][k][0]]))
+        assert torch.equal(yb, torch.cat([parts[0][k][1], parts[1][k][1]]))
+    assert sorted(torch.cat([yb for _, yb in whole]).tolist()) == list(range(40))
