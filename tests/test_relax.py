@@ -10,6 +10,8 @@ from conftest import batch, tiny_nb201, tiny_supernet
 from gradnas.config import SearchConfig
 from gradnas.errors import GradnasError
 from gradnas.relax import Gumbel, GumbelConfig, gumbel_straight_through, make_relaxation
+from gradnas.search.loop import build_optimizers
+from gradnas.search.methods import METHODS, make_method
 
 
 def test_sampling_frequencies_follow_softmax_alpha_at_tau_1():
@@ -121,3 +123,21 @@ def test_sampled_forward_runs_about_one_op_per_edge(space):
     assert 0 < counts["gumbel"] <= n_edges
     # ... where the mixed op runs all but `none` (DARTS: 7 ops; NB-201: 4, parameter-free ones once per node)
     assert counts["softmax"] >= (5 if space == "darts" else 2.5) * n_edges
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_every_method_steps_when_only_none_is_sampled(space):
+    """A sample with `none` on every edge makes the output independent of alpha (on NB-201 all three inputs of
+    node 3 being `none` is enough: 1 forward pass in 125 at uniform alpha). Every method still steps, and the
+    straight-through gradient of alpha is exactly zero."""
+    model = tiny_supernet("gumbel", cells=3, nodes=2) if space == "darts" else tiny_nb201("gumbel")
+    with torch.no_grad():
+        for a in model.arch_parameters():
+            a[:, 0] = 50.0  # `none` is column 0 of both op lists
+    for name in sorted(METHODS):
+        w_opt, a_opt, _ = build_optimizers(SearchConfig(relax="gumbel"), model)
+        method = make_method(name, model, w_optim=w_opt, a_optim=a_opt)
+        model.relaxation.start_epoch(epoch=0, epochs=1, seed=0)
+        stats = method.step(batch(seed=1), batch(seed=2))
+        assert math.isfinite(stats["train_loss"])
+        assert all(torch.equal(a.grad, torch.zeros_like(a)) for a in model.arch_parameters())

@@ -157,7 +157,13 @@ class NB201Supernet(nn.Module):
         x = self.stem(x)
         for layer in self.layers:
             x = layer(x, weights, active) if isinstance(layer, NB201SearchCell) else layer(x)
-        return self.classifier(F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1))
+        logits = self.classifier(F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1))
+        if active is not None:
+            # A sample can cut alpha off the output (all inputs of node 3 `none`: a zero cell). Its gradient is
+            # then exactly zero; this term (value 0) keeps alpha in the graph so every method gets that zero
+            # rather than no gradient at all.
+            logits = logits + 0.0 * weights.sum()
+        return logits
 
     @torch.no_grad()
     def genotype(self) -> NB201Genotype:
