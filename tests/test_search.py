@@ -8,6 +8,7 @@ import yaml
 from gradnas.config import CONFIG_DIR, SearchConfig, load_yaml
 from gradnas.errors import GradnasError
 from gradnas.benchmark.nb201 import lookup
+from gradnas.checkpoint import load_checkpoint, save_checkpoint
 from gradnas.search.loop import Search, build_optimizers
 from gradnas.space import build_supernet
 from gradnas.space.genotype import load_genotype
@@ -99,6 +100,11 @@ def test_run_folder_contents(tmp_path):
 
 def test_resume_refuses_another_config_and_reuse_of_folder(tmp_path):
     Search(tiny_config(epochs=1), tmp_path, progress=False).run()
+    # a checkpoint from before a config key existed (here the gumbel section) resumes: the key is at its default
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["config"]["gumbel"], state["format"]
+    save_checkpoint(state, tmp_path / "checkpoint.pt")
+    assert Search(tiny_config(epochs=1), tmp_path, resume=True, progress=False).epoch == 1
     with pytest.raises(GradnasError, match="another config .*lambda"):
         Search(tiny_config(epochs=1, lam=0.5), tmp_path, resume=True, progress=False)
     with pytest.raises(GradnasError, match="already holds a search"):

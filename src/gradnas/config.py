@@ -20,7 +20,7 @@ import yaml
 
 from gradnas.errors import GradnasError
 from gradnas.relax import RELAXATIONS, GumbelConfig
-from gradnas.space import get_space
+from gradnas.space import SPACES, get_space
 from gradnas.space.darts import DartsSpaceConfig
 from gradnas.space.nb201 import NB201SpaceConfig
 
@@ -221,7 +221,6 @@ def apply_override(d: dict, assignment: str) -> None:
 def unused_section(cfg: SearchConfig, key: str) -> str | None:
     """If the dotted ``key`` lies in a section that ``cfg``'s space or relaxation does not read, a message
     saying so and naming the section that is read instead; None otherwise."""
-    from gradnas.space import SPACES
     section = key.split(".", 1)[0]
     space_sections = {spec.section: name for name, spec in SPACES.items()}
     if section in space_sections and section != get_space(cfg.space).section:

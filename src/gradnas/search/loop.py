@@ -156,7 +156,8 @@ class Search:
         }
 
     def _load(self, state: dict) -> None:
-        diff = resume_conflicts(state["config"], self.cfg.to_dict())
+        # Read back through SearchConfig: a key the checkpoint's gradnas did not have yet means its default.
+        diff = resume_conflicts(SearchConfig.from_dict(state["config"]).to_dict(), self.cfg.to_dict())
         if diff:
             key, saved, now = diff[0]
             raise GradnasError(f"the checkpoint in {self.out} was written with another config ({key}: {saved!r} "
