@@ -134,6 +134,28 @@ def test_resume_and_reuse_are_checked(tmp_path, folder):
         Training(tiny_config(folder, epochs=1), GENO, tmp_path, progress=False)
 
 
+NB201_GENO = "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
+
+
+def test_nb201_genotype_trains_through_the_space_hook(tmp_path, folder):
+    from gradnas.space.nb201 import NB201Network, build_nb201_network
+    genotype = genotype_from_source(NB201_GENO)[0]
+    cfg = tiny_config(folder, epochs=1, network={"cells": 1, "channels": 4, "auxiliary_weight": 0.0,
+                                                 "drop_path": 0.0})
+    run = Training(cfg, genotype, tmp_path / "run", progress=False)
+    assert isinstance(run.model, NB201Network)
+    reference = build_nb201_network(genotype, C=4, N=1, in_channels=3, num_classes=3)
+    assert run.params_m == sum(p.numel() for p in reference.parameters()) / 1e6
+    assert run.run()["finished"]
+    assert json.loads((tmp_path / "run" / "genotype.json").read_text())["string"] == NB201_GENO
+    for network, message in (({"auxiliary_weight": 0.4}, "no auxiliary head"), ({"drop_path": 0.1}, "no drop path"),
+                             ({"stem": "imagenet"}, "one stem")):
+        bad = tiny_config(folder, network={"cells": 1, "channels": 4, "auxiliary_weight": 0.0, "drop_path": 0.0,
+                                           **network})
+        with pytest.raises(GradnasError, match=message):
+            Training(bad, genotype, tmp_path / message.replace(" ", "-"), progress=False)
+
+
 def test_nan_loss_stops_with_a_clear_error(tmp_path, folder):
     cfg = tiny_config(folder, optim={"lr": 1e30, "grad_clip": 0.0, "momentum": 0.0})
     with pytest.raises(GradnasError, match=r"NaN/inf in epoch \d.*Lower optim.lr"):
@@ -143,7 +165,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, folder):
 # ---------------------------------------------------------------------------------------- settings
 
 def test_shipped_settings_are_the_papers():
-    assert sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml")) == ["cifar", "imagenet", "quick"]
+    assert sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml")) == ["cifar", "imagenet", "nb201", "quick"]
     cifar = TrainConfig.from_dict(load_setting("cifar"))
     assert cifar == TrainConfig()  # the defaults are the CIFAR setting
     assert (cifar.network.cells, cifar.network.channels, cifar.epochs, cifar.batch_size) == (20, 36, 600, 96)
@@ -159,6 +181,10 @@ def test_shipped_settings_are_the_papers():
     assert (imagenet.data.dataset, imagenet.data.random_resized_crop, imagenet.data.flip) == ("imagefolder", 224, True)
     quick = TrainConfig.from_dict(load_setting("quick"))
     assert quick.data.dataset == "fashion-mnist"
+    nb201 = TrainConfig.from_dict(load_setting("nb201"))  # the benchmark's recipe
+    assert (nb201.network.cells, nb201.network.channels, nb201.epochs, nb201.batch_size, nb201.optim.lr,
+            nb201.optim.nesterov, nb201.optim.weight_decay, nb201.network.auxiliary_weight) == (
+        5, 16, 200, 256, 0.1, True, 5e-4, 0.0)
 
 
 @pytest.mark.parametrize("d,message", [

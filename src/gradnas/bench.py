@@ -1,5 +1,6 @@
-"""`gradnas bench`: seconds per search step of each method on random data with the real supernet, and
-(``--train``) seconds per training step of an evaluation network in each precision / memory format.
+"""`gradnas bench`: seconds per search step of each method on random data with the real supernet of a space
+(darts or nb201) and a relaxation (softmax, sigmoid or gumbel), and (``--train``) seconds per training
+step of an evaluation network in each precision / memory format.
 
 Each method or variant runs in a fresh process, so its peak memory is its own: peak RSS of that process
 on CPU (it includes the ~0.3 GB of Python + torch), max allocated memory on CUDA. The first steps are
@@ -20,19 +21,22 @@ import torch.nn.functional as F
 from gradnas.config import SearchConfig
 from gradnas.errors import GradnasError
 from gradnas.search.loop import build_optimizers
+from gradnas.relax import make_relaxation
 from gradnas.search.methods import METHODS, make_method
-from gradnas.space import build_supernet
-from gradnas.space.darts import DartsSpaceConfig
+from gradnas.space import build_supernet, get_space
 
 # "forward-backward" is the plain baseline the issue's figures start from: one pass, all gradients.
 BASELINE = "forward-backward"
+# What `gradnas bench` times by default.
+BENCH_METHODS = f"{BASELINE},single-level,darts,milenas,darts:2,milenas:2"
 
 
 def _bench_one(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     relax = spec.get("relax", "softmax")
-    model = build_supernet("darts", DartsSpaceConfig(cells=spec["cells"], channels=spec["channels"]), relax,
+    space = spec.get("space", "darts")
+    model = build_supernet(space, space_config(space, cells=spec["cells"], channels=spec["channels"]), relax,
                            in_channels=3, num_classes=10, seed=0).to(device)
     g = torch.Generator().manual_seed(0)
 
@@ -61,8 +65,21 @@ def _bench_one(spec: dict) -> dict:
             "images_per_sec": spec["batch"] / sec, "peak_memory_gb": peak_gb, "peak_memory_kind": peak_kind}
 
 
-def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, device: str = "cpu", cells: int = 8,
-              channels: int = 16, size: int = 32, threads: int | None = None, progress=print) -> dict:
+def space_config(space: str, *, cells: int | None, channels: int):
+    """The space's config with `cells` (darts: cells; nb201: cells per stage; None: the default) and `channels`."""
+    if space == "nb201":
+        kw = {"cells_per_stage": cells} if cells is not None else {}
+    else:
+        kw = {"cells": cells} if cells is not None else {}
+    return get_space(space).config(channels=channels, **kw)
+
+
+def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, device: str = "cpu",
+              cells: int | None = None, channels: int = 16, size: int = 32, threads: int | None = None,
+              space: str = "darts", relax: str = "softmax", progress=print) -> dict:
+    space_cfg = space_config(space, cells=cells, channels=channels)  # bad names and sizes fail here, not in a child
+    make_relaxation(relax)
+    cells = space_cfg.cells_per_stage if space == "nb201" else space_cfg.cells
     for m in methods:
         if m != BASELINE and m.split(":")[0] not in METHODS:
             raise GradnasError(f"bench: unknown method {m!r}; valid: {BASELINE}, {', '.join(sorted(METHODS))} "
@@ -75,14 +92,15 @@ def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, devi
     for m in methods:
         name, _, order = m.partition(":")
         spec = {"method": name, "order": int(order or 1), "batch": batch, "steps": steps, "warmup": warmup,
-                "device": device, "cells": cells, "channels": channels, "size": size, "threads": threads}
+                "device": device, "cells": cells, "channels": channels, "size": size, "threads": threads,
+                "space": space, "relax": relax}
         with ctx.Pool(1) as pool:
             row = pool.apply(_bench_one, (spec,))
         progress(f"{m:18s} {row['sec_per_step']:7.2f} s/step  {row['images_per_sec']:7.1f} img/s  "
                  f"peak {row['peak_memory_gb']:.2f} GB ({row['peak_memory_kind']})")
         rows.append(row)
-    return {"settings": {"batch": batch, "steps": steps, "warmup": warmup, "device": device, "cells": cells,
-                         "channels": channels, "input": [3, size, size], "classes": 10, "threads": threads,
+    return {"settings": {"space": space, "relax": relax, "batch": batch, "steps": steps, "warmup": warmup,
+                         "device": device, "cells": cells, "channels": channels, "input": [3, size, size], "classes": 10, "threads": threads,
                          "torch": torch.__version__, "machine": platform.processor() or platform.machine()},
             "results": rows}
 
@@ -111,16 +129,18 @@ def _bench_train_one(spec: dict) -> dict:
     """One training step of the evaluation network, as ``gradnas train`` takes it (forward with the
     auxiliary head, loss, backward, gradient clipping, SGD), in one precision and memory format."""
     from gradnas.space import build_network
-    from gradnas.space.genotype import Genotype
+    from gradnas.space.genotype import load_genotype
     from gradnas.train.config import TrainConfig
+    from gradnas.train.loop import check_network_options
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     cfg = TrainConfig.from_dict(spec["config"])
-    genotype = Genotype.from_string(spec["genotype"])
+    genotype = load_genotype(spec["genotype"])
     c, h, w = spec["input"]
     torch.manual_seed(0)
     model = build_network(genotype, cfg.network, in_channels=c, num_classes=spec["classes"]).to(device)
+    check_network_options(model, cfg.network, genotype.space)
     memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
     model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
@@ -156,6 +176,18 @@ def _bench_train_one(spec: dict) -> dict:
             "peak_memory_gb": peak_gb, "peak_memory_kind": peak_kind}
 
 
+def _check_train_spec(genotype: str, config: dict, in_channels: int, classes: int) -> None:
+    """Build the network on the meta device (no weights) to fail on a bad genotype or setting at once."""
+    from gradnas.space import build_network
+    from gradnas.space.genotype import load_genotype
+    from gradnas.train.config import TrainConfig
+    from gradnas.train.loop import check_network_options
+    cfg, geno = TrainConfig.from_dict(config), load_genotype(genotype)
+    with torch.device("meta"):
+        model = build_network(geno, cfg.network, in_channels=in_channels, num_classes=classes)
+    check_network_options(model, cfg.network, geno.space)
+
+
 def run_train_bench(*, genotype: str, config: dict, input_shape: tuple, classes: int, batch: int, steps: int = 3,
                     warmup: int = 2, device: str = "cpu", threads: int | None = None, precisions=("fp32", "bf16"),
                     channels_last=(False, True), progress=print) -> dict:
@@ -166,6 +198,7 @@ def run_train_bench(*, genotype: str, config: dict, input_shape: tuple, classes:
             raise GradnasError(f"bench: unknown precision {p!r}; valid: fp32, bf16")
     if batch < 1 or steps < 1 or warmup < 0:
         raise GradnasError("bench: --batch and --steps must be >= 1, --warmup >= 0")
+    _check_train_spec(genotype, config, input_shape[0], classes)  # here, not in a child process
     threads = threads or torch.get_num_threads()
     ctx = mp.get_context("spawn")
     rows = []

@@ -15,8 +15,12 @@ DEFAULT_SETTING = "quick"  # what plain `gradnas train` runs: a small network on
 SEARCH_FLAGS = {
     "space": "space", "method": "method", "order": "order", "lam": "lambda", "relax": "relax",
     "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
-    "cells": "supernet.cells", "channels": "supernet.channels", "seed": "seed", "device": "device",
-    "threads": "threads",
+    "seed": "seed", "device": "device", "threads": "threads", "xi": "xi",
+}
+# --cells / --channels set the shape of whichever space is searched.
+SPACE_FLAGS = {
+    "darts": {"cells": "supernet.cells", "channels": "supernet.channels"},
+    "nb201": {"cells": "nb201.cells_per_stage", "channels": "nb201.channels"},
 }
 TRAIN_FLAGS = {
     "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
@@ -30,21 +34,26 @@ def _search_parser(sub):
                        description="Search a cell. Without --config this runs the built-in quick default "
                                    "(MiLeNAS-1st on Fashion-MNIST with a small proxy supernet, a few minutes on "
                                    "2 CPU cores). Precedence: --config < flags < --set.")
-    p.add_argument("--config", help="YAML file, or the name of a shipped config (milenas-1st, darts-1st, "
-                                    "single-level-sigmoid, single-level-softmax, quick)")
+    from gradnas.config import CONFIG_DIR
+    shipped = ", ".join(sorted(c.stem for c in CONFIG_DIR.glob("*.yaml")))
+    p.add_argument("--config", help=f"YAML file, or the name of a shipped config ({shipped})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set w_optim.lr=0.01 (repeatable)")
-    p.add_argument("--space", help="search space (darts)")
+    p.add_argument("--space", help="search space: darts or nb201 (NAS-Bench-201)")
     p.add_argument("--method", help="architecture optimizer: milenas, darts, single-level")
-    p.add_argument("--order", type=int, help="1 (first order)")
-    p.add_argument("--lambda", dest="lam", type=float, help="MiLeNAS lambda (weight of the validation term)")
-    p.add_argument("--relax", help="relaxation: softmax or sigmoid")
+    p.add_argument("--order", type=int, help="1 (first order) or 2 (second order: darts, milenas; one virtual "
+                                             "weight step, finite-difference Hessian-vector product)")
+    p.add_argument("--lambda", dest="lam", type=float,
+                   help="MiLeNAS lambda: weight of the validation term in first order, of the training term in "
+                        "second order (as the paper writes each update)")
+    p.add_argument("--xi", type=float, help="order 2: virtual step size (default: the current weight learning rate)")
+    p.add_argument("--relax", help="relaxation: softmax, sigmoid or gumbel (GDAS sampling)")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
     p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--cells", type=int)
-    p.add_argument("--channels", type=int)
+    p.add_argument("--cells", type=int, help="darts: cells in the network; nb201: cells per stage (N)")
+    p.add_argument("--channels", type=int, help="initial channels (C)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
@@ -55,40 +64,32 @@ def _search_parser(sub):
 
 
 def _bench_parser(sub):
-    from gradnas.bench import BASELINE
+    from gradnas.bench import BASELINE, BENCH_METHODS
     p = sub.add_parser("bench", help="time one search step of each method (or, with --train, one training "
                                      "step of an evaluation network) on random data",
                        description="Seconds per search step, images per second and peak memory of each method "
-                                   "with the real DARTS supernet on random 3x32x32 data, 10 classes. With --train: "
-                                   "seconds per training step of a genotype's evaluation network (the network, "
-                                   "batch and input of --setting) in fp32 and bf16 autocast, with and without "
-                                   "channels_last.")
+                                   "with the real supernet of --space on random 3x32x32 data, 10 classes. With "
+                                   "--train: seconds per training step of a genotype's evaluation network (the "
+                                   "network, batch and input of --setting) in fp32 and bf16 autocast, with and "
+                                   "without channels_last.")
+    p.add_argument("--space", help="darts (default) or nb201")
+    p.add_argument("--relax", help="softmax (default), sigmoid or gumbel")
     p.add_argument("--batch", type=int, help="batch size (default: 64; with --train the setting's)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (oneDNN builds its kernels there)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--cells", type=int, help="default: 8; with --train the setting's")
+    p.add_argument("--cells", type=int, help="darts: cells (default 8); nb201: cells per stage (default 5); with "
+                                             "--train: the setting's")
     p.add_argument("--channels", type=int, help="default: 16; with --train the setting's")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    p.add_argument("--methods", help=f"comma-separated (default {BASELINE},darts,milenas,single-level); "
+    p.add_argument("--methods", help=f"comma-separated (default {BENCH_METHODS}); METHOD:2 is second order; "
                                      f"'{BASELINE}' is one plain pass with all gradients")
     p.add_argument("--train", action="store_true", help="time training steps of an evaluation network instead")
     p.add_argument("--genotype", help="with --train: the genotype (file, string or run folder; default DARTS_V2)")
-    p.add_argument("--setting", help="with --train: cifar (default), imagenet, quick or a YAML file")
+    p.add_argument("--setting", help="with --train: cifar (default), imagenet, nb201, quick or a YAML file")
     p.add_argument("--precision", help="with --train: comma-separated precisions (default fp32,bf16)")
     p.add_argument("--channels-last", help="with --train: off, on or off,on (the default)")
     p.add_argument("--out", default="bench.json", help="JSON file for the results")
-    return p
-
-
-def _genotype_parser(sub):
-    p = sub.add_parser("genotype", help="check a genotype against a search space and print its canonical form",
-                       description="Read a genotype (JSON file, run folder or canonical string), check that it "
-                                   "fits the space of --config/--set (node count, op list), print it.")
-    p.add_argument("genotype", help="genotype.json, a run folder, or 'normal=|...|;reduce=|...|'")
-    p.add_argument("--config", help="config whose supernet section defines the space (default: quick)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", metavar="FILE", help="also write the genotype as JSON to FILE")
     return p
 
 
@@ -126,6 +127,18 @@ def _train_parser(sub):
     return p
 
 
+def apply_train_overrides(d: dict, args) -> dict:
+    """Apply the train flags the user gave, then each --set, to a setting dict (in place)."""
+    from gradnas.config import apply_override
+    for attr, key in TRAIN_FLAGS.items():
+        value = getattr(args, attr)
+        if value is not None:
+            _assign(d, key, value)
+    for assignment in args.set:
+        apply_override(d, assignment)
+    return d
+
+
 def cmd_train(args) -> int:
     from gradnas import distributed
     from gradnas.config import load_yaml, resume_conflicts
@@ -142,7 +155,7 @@ def cmd_train(args) -> int:
             if given:
                 raise GradnasError(f"--resume takes the setting and genotype from the run folder; drop {flag}")
         saved = TrainConfig.from_dict(load_yaml(str(run_dir / CONFIG_FILE)))
-        cfg = TrainConfig.from_dict(apply_cli_overrides(saved.to_dict(), args, TRAIN_FLAGS))
+        cfg = TrainConfig.from_dict(apply_train_overrides(saved.to_dict(), args))
         diff = resume_conflicts(saved.to_dict(), cfg.to_dict())
         if diff:
             key, old, new = diff[0]
@@ -155,8 +168,7 @@ def cmd_train(args) -> int:
             raise GradnasError("give the architecture to train: --genotype FILE|STRING|RUN_DIR (or --resume RUN_DIR)")
         size = parse_size(args.size) if args.size else None
         genotype, source = genotype_from_source(args.genotype, size=size)
-        cfg = TrainConfig.from_dict(apply_cli_overrides(load_setting(args.setting or DEFAULT_SETTING), args,
-                                                        TRAIN_FLAGS))
+        cfg = TrainConfig.from_dict(apply_train_overrides(load_setting(args.setting or DEFAULT_SETTING), args))
     world = distributed.init_from_env(cfg.device)
     try:
         if not args.resume:
@@ -186,18 +198,52 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _genotype_parser(sub):
+    p = sub.add_parser("genotype", help="check a genotype against a search space and print its canonical form",
+                       description="Read a genotype (JSON file, run folder or string), check that it fits the "
+                                   "space of --space/--config/--set (node count, op list), print it. Without "
+                                   "--space or --config the space is the genotype's own.")
+    p.add_argument("genotype", help="genotype.json, a run folder, a DARTS 'normal=|...|;reduce=|...|' or an NB-201 "
+                                    "'|op~0|+|op~0|op~1|+|op~0|op~1|op~2|' string")
+    p.add_argument("--config", help="config whose space section defines the space (default: quick)")
+    p.add_argument("--space", help="darts or nb201 (default: the config's, or without --config the genotype's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", metavar="FILE", help="also write the genotype as JSON to FILE")
+    return p
+
+
+def _lookup_parser(sub):
+    p = sub.add_parser("lookup", help="NAS-Bench-201 test accuracy of a cell",
+                       description="The 200-epoch test accuracy (%%) of a NAS-Bench-201 cell on CIFAR-10, "
+                                   "CIFAR-100 and ImageNet16-120, from the benchmark table shipped with gradnas.")
+    p.add_argument("genotype", help="'|op~0|+|op~0|op~1|+|op~0|op~1|op~2|', an NB-201 genotype.json or a run folder")
+    return p
+
+
+def _read_genotype(text: str):
+    """A genotype from a string, a JSON file or a run folder (its genotype.json)."""
+    from gradnas.search.loop import GENOTYPE_FILE
+    from gradnas.space.genotype import load_genotype
+    source = Path(text)
+    if source.is_dir():
+        source = source / GENOTYPE_FILE
+    return load_genotype(source)
+
+
 def cmd_genotype(args) -> int:
     from gradnas.config import SearchConfig, apply_override, load_yaml
-    from gradnas.search.loop import GENOTYPE_FILE
-    from gradnas.space.genotype import load_genotype, save_genotype
+    from gradnas.space import check_genotype
+    from gradnas.space.genotype import save_genotype
+    geno = _read_genotype(args.genotype)
     d = load_yaml(args.config or DEFAULT_CONFIG)
+    if args.space:
+        d["space"] = args.space
+    elif not args.config:
+        d["space"] = geno.space
     for assignment in args.set:
         apply_override(d, assignment)
     cfg = SearchConfig.from_dict(d)
-    source = Path(args.genotype)
-    if source.is_dir():
-        source = source / GENOTYPE_FILE
-    geno = load_genotype(source).validate(cfg.supernet.ops, cfg.supernet.nodes)
+    geno = check_genotype(geno, cfg.space, cfg.space_config)
     print(geno.to_string())
     if args.json:
         save_genotype(geno, args.json)
@@ -205,26 +251,63 @@ def cmd_genotype(args) -> int:
     return 0
 
 
+def cmd_lookup(args) -> int:
+    from gradnas.benchmark.nb201 import lookup
+    geno = _read_genotype(args.genotype)
+    figures = lookup(geno)
+    print(geno.to_string())
+    for name, acc in figures.items():
+        print(f"{name:16s}{acc:6.2f}")
+    return 0
+
+
 def resolve_search_config(args):
-    """The resolved SearchConfig dict: shipped/default YAML, then flags, then --set."""
-    from gradnas.config import SearchConfig, load_yaml
-    return SearchConfig.from_dict(apply_cli_overrides(load_yaml(args.config or DEFAULT_CONFIG), args))
+    """The resolved SearchConfig: shipped/default YAML, then flags, then --set."""
+    from gradnas.config import load_yaml
+    return config_from_cli(load_yaml(args.config or DEFAULT_CONFIG), args)
 
 
-def apply_cli_overrides(d: dict, args, flags: dict = SEARCH_FLAGS) -> dict:
-    """Apply the flags the user gave, then each --set, to a config dict (in place)."""
+def config_from_cli(d: dict, args):
+    """The SearchConfig of a config dict with the command line applied (:func:`apply_cli_overrides`).
+    A --set of a key in a section the search does not read (another space's or relaxation's) is an error,
+    not a silent no-op."""
+    from gradnas.config import SearchConfig, unused_section
+    cfg = SearchConfig.from_dict(apply_cli_overrides(d, args))
+    for assignment in args.set:
+        problem = unused_section(cfg, assignment.partition("=")[0].strip())
+        if problem:
+            raise GradnasError(f"--set {assignment}: {problem}; drop it or set that section instead")
+    return cfg
+
+
+def apply_cli_overrides(d: dict, args) -> dict:
+    """Apply the flags the user gave, then each --set, to a config dict (in place); --cells / --channels go
+    to the section of the space being searched."""
     from gradnas.config import apply_override
-    for attr, key in flags.items():
+    for attr, key in SEARCH_FLAGS.items():
         value = getattr(args, attr)
         if value is not None:
-            *sections, last = key.split(".")
-            node = d
-            for section in sections:
-                node = node.setdefault(section, {})
-            node[last] = value
+            _assign(d, key, value)
+    space = d.get("space", "darts")
+    for assignment in args.set:  # a --set space=... decides too: --set is applied last
+        key, _, raw = assignment.partition("=")
+        if key.strip() == "space":
+            space = raw.strip()
+    for attr, key in SPACE_FLAGS.get(space, SPACE_FLAGS["darts"]).items():
+        value = getattr(args, attr)
+        if value is not None:
+            _assign(d, key, value)
     for assignment in args.set:
         apply_override(d, assignment)
     return d
+
+
+def _assign(d: dict, key: str, value) -> None:
+    *sections, last = key.split(".")
+    node = d
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[last] = value
 
 
 def cmd_search(args) -> int:
@@ -240,7 +323,7 @@ def cmd_search(args) -> int:
         saved = SearchConfig.from_dict(load_yaml(str(run_dir / CONFIG_FILE)))
         if args.config:
             raise GradnasError("--resume takes its config from the run folder; drop --config")
-        cfg = SearchConfig.from_dict(apply_cli_overrides(saved.to_dict(), args))
+        cfg = config_from_cli(saved.to_dict(), args)
         diff = resume_conflicts(saved.to_dict(), cfg.to_dict())
         if diff:
             key, old, new = diff[0]
@@ -269,6 +352,10 @@ def cmd_search(args) -> int:
         distributed.shutdown()
     say(f"genotype: {summary['genotype']}")
     say(f"best valid acc: {summary['best_valid_acc']:.2f}%")
+    if search.benchmark and search.benchmark[0] in summary:
+        from gradnas.benchmark import format_benchmark
+        key = search.benchmark[0]
+        say(f"{key} test acc: {format_benchmark(summary[key])}")
     say(f"run folder: {out}")
     return 0
 
@@ -286,17 +373,14 @@ def _bench_train(args, device: str):
     from gradnas.data.sources import dataset_key
     from gradnas.train.config import TrainConfig, load_setting
     from gradnas.train.genotypes import genotype_from_source
-    if args.methods is not None:
-        raise GradnasError("--methods times search steps; it does not go with --train")
+    for flag in ("methods", "space", "relax"):
+        if getattr(args, flag) is not None:
+            raise GradnasError(f"--{flag} belongs to timing search steps; it does not go with --train (the "
+                               "genotype names the space)")
     d = load_setting(args.setting or "cifar")
     for flag, key in (("batch", "batch_size"), ("cells", "network.cells"), ("channels", "network.channels")):
-        value = getattr(args, flag)
-        if value is not None:
-            *sections, last = key.split(".")
-            node = d
-            for section in sections:
-                node = node.setdefault(section, {})
-            node[last] = value
+        if getattr(args, flag) is not None:
+            _assign(d, key, getattr(args, flag))
     cfg = TrainConfig.from_dict(d)
     genotype, _ = genotype_from_source(args.genotype or DARTS_V2)
     if cfg.data.random_resized_crop:
@@ -321,7 +405,7 @@ def _bench_train(args, device: str):
 
 
 def cmd_bench(args) -> int:
-    from gradnas.bench import BASELINE, run_bench, write_bench
+    from gradnas.bench import BENCH_METHODS, run_bench, write_bench
     from gradnas.distributed import resolve_device
     device = str(resolve_device(args.device))
     if args.train:
@@ -330,12 +414,13 @@ def cmd_bench(args) -> int:
         for flag in ("genotype", "setting", "precision", "channels_last"):
             if getattr(args, flag) is not None:
                 raise GradnasError(f"--{flag.replace('_', '-')} goes with --train (timing an evaluation network)")
-        batch, cells, channels = args.batch or 64, args.cells or 8, args.channels or 16
-        methods = [m.strip() for m in (args.methods or f"{BASELINE},darts,milenas,single-level").split(",")
-                   if m.strip()]
-        print(f"gradnas bench: batch {batch}, {cells} cells, {channels} channels, device {device}", file=sys.stderr)
+        space, relax, batch, channels = args.space or "darts", args.relax or "softmax", args.batch or 64, \
+            args.channels or 16
+        methods = [m.strip() for m in (args.methods or BENCH_METHODS).split(",") if m.strip()]
+        print(f"gradnas bench: space {space}, relax {relax}, batch {batch}, {args.cells or 'default'} cells, "
+              f"{channels} channels, device {device}", file=sys.stderr)
         result = run_bench(methods=methods, batch=batch, steps=args.steps, warmup=args.warmup, device=device,
-                           cells=cells, channels=channels, threads=args.threads)
+                           cells=args.cells, channels=channels, threads=args.threads, space=space, relax=relax)
     write_bench(result, args.out)
     print(f"written {args.out}")
     return 0
@@ -348,12 +433,14 @@ def build_parser():
     _train_parser(sub)
     _bench_parser(sub)
     _genotype_parser(sub)
+    _lookup_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"search": cmd_search, "train": cmd_train, "bench": cmd_bench, "genotype": cmd_genotype}
+    handlers = {"search": cmd_search, "train": cmd_train, "bench": cmd_bench, "genotype": cmd_genotype,
+                "lookup": cmd_lookup}
     try:
         return handlers[args.command](args)
     except GradnasError as exc:

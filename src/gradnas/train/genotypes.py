@@ -1,4 +1,5 @@
-"""Where the genotype of a training run comes from: a JSON file, a canonical string, or a search run folder.
+"""Where the genotype of a training run comes from: a JSON file, a genotype string (DARTS
+``normal=|...|;reduce=|...|`` or NB-201 ``|op~0|+|...|``), or a search run folder.
 
 A run folder gives its final genotype (``genotype.json`` of a finished search), or, with ``size=(N, R)``,
 the genotype its model-size index lists for N convolutions in the normal cell and R in the reduction
@@ -12,7 +13,7 @@ import json
 from pathlib import Path
 
 from gradnas.errors import GradnasError
-from gradnas.space.genotype import Genotype, load_genotype
+from gradnas.space.genotype import load_genotype
 
 GENOTYPE_FILE, SUMMARY_FILE = "genotype.json", "summary.json"  # as a search run folder writes them
 SIZE_INDEX = Path("sizes") / "index.json"
@@ -30,7 +31,7 @@ def parse_size(text: str) -> tuple:
 def genotype_from_source(source: str, *, size: tuple | None = None) -> tuple:
     """(genotype, where it came from) for a genotype file, string or run folder (see the module doc)."""
     text = str(source)
-    if text.lstrip().startswith("normal="):
+    if text.lstrip().startswith(("normal=", "|")):  # a DARTS or an NB-201 genotype string
         if size is not None:
             raise GradnasError("--size picks a genotype from a search run folder; it does not go with a genotype string")
         return load_genotype(text), "genotype string"
@@ -45,7 +46,7 @@ def genotype_from_source(source: str, *, size: tuple | None = None) -> tuple:
     return load_genotype(path), str(path)
 
 
-def _final_genotype(run_dir: Path) -> Genotype:
+def _final_genotype(run_dir: Path):
     file = run_dir / GENOTYPE_FILE
     if not file.is_file():
         raise GradnasError(f"{run_dir} holds no {GENOTYPE_FILE}; give a search run folder, a genotype JSON file "

@@ -58,6 +58,17 @@ def count_macs_m(model: torch.nn.Module, input_shape: tuple, device) -> float:
     return counter.get_total_flops() / 2e6
 
 
+def check_network_options(model, net_cfg, space: str) -> None:
+    """Refuse drop path or an auxiliary loss for a network that has no drop path or auxiliary head
+    (an NB-201 network has neither), instead of silently training without them."""
+    if net_cfg.drop_path > 0 and not hasattr(model, "drop_path_prob"):
+        raise GradnasError(f"the {space} evaluation network has no drop path; set network.drop_path=0 (or use "
+                           f"a setting made for it)")
+    if net_cfg.auxiliary_weight > 0 and getattr(model, "auxiliary_head", None) is None:
+        raise GradnasError(f"the {space} evaluation network has no auxiliary head; set network.auxiliary_weight=0 "
+                           f"(or use a setting made for it)")
+
+
 def _step_generator(device, seed: int, epoch: int, rank: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank) % 2**64)
@@ -86,11 +97,7 @@ class Training:
         torch.manual_seed(cfg.seed)  # weight initialisation
         model = build_network(genotype, cfg.network, in_channels=self.data.channels,
                               num_classes=self.data.num_classes)
-        if cfg.network.drop_path > 0 and not hasattr(model, "drop_path_prob"):
-            raise GradnasError(f"the {genotype.space} evaluation network has no drop path; set network.drop_path=0")
-        if cfg.network.auxiliary_weight > 0 and getattr(model, "auxiliary_head", None) is None:
-            raise GradnasError(f"the {genotype.space} evaluation network has no auxiliary head; set "
-                               "network.auxiliary_weight=0")
+        check_network_options(model, cfg.network, genotype.space)
         self.params_m = count_params_m(model)
         self.model = model.to(self.device)
         if cfg.channels_last:
