@@ -100,20 +100,20 @@ def _train_parser(sub):
                                    "--setting this runs the quick setting (Fashion-MNIST, minutes on a CPU). "
                                    "Precedence: --setting < flags < --set. Under torchrun (--nproc_per_node K) the "
                                    "global batch is split over K processes.")
-    p.add_argument("--genotype", metavar="SOURCE", help="genotype JSON file, canonical string "
-                                                         "('normal=|...|;reduce=|...|') or search run folder (its "
-                                                         "final genotype)")
+    p.add_argument("--genotype", metavar="SOURCE", help="genotype JSON file, genotype string (DARTS "
+                                                         "'normal=|...|;reduce=|...|' or NB-201 '|op~0|+|...|') or "
+                                                         "search run folder (its final genotype)")
     p.add_argument("--size", metavar="N,R", help="with a run folder: the genotype its model-size index lists for "
                                                  "N convolutions in the normal and R in the reduction cell")
-    p.add_argument("--setting", help="cifar, imagenet, quick, or a YAML file")
+    p.add_argument("--setting", help="cifar, imagenet, nb201, quick (the default) or a YAML file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set optim.lr=0.05 --set network.drop_path=0.3 (repeatable)")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
     p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size")
-    p.add_argument("--cells", type=int)
-    p.add_argument("--channels", type=int)
+    p.add_argument("--cells", type=int, help="DARTS: cells in the network; NB-201: cells per stage")
+    p.add_argument("--channels", type=int, help="initial channels")
     p.add_argument("--lr", type=float, help="initial learning rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = bfloat16 autocast")
