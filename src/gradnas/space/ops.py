@@ -117,6 +117,15 @@ class _DepthwisePointwise(torch.autograd.Function):
     def backward(ctx, grad):
         x, dw_weight, pw_weight = ctx.saved_tensors
         need_x, need_dw, need_pw = ctx.needs_input_grad[:3]
+        if need_x and not (need_dw or need_pw) and ctx.dilation == 1:
+            # Only the input gradient (an alpha-only pass): both are transposed convolutions that need no
+            # activation, so the depthwise output is not recomputed. 1x1 conv: grad_t = W_pw^T grad.
+            grad_t = F.conv2d(grad, pw_weight.transpose(0, 1))
+            k = dw_weight.shape[-1]
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_t, x, dw_weight, None, [ctx.stride] * 2, [(k - 1) // 2] * 2, [1, 1], False, [0, 0],
+                dw_weight.shape[0], [True, False, False])[0]
+            return grad_x, None, None, None, None
         with torch.enable_grad():
             xd = x.detach().requires_grad_(need_x)
             dwd = dw_weight.detach().requires_grad_(need_dw)
