@@ -180,3 +180,19 @@ def test_build_network_hook():
     from gradnas.errors import GradnasError
     with pytest.raises(GradnasError, match="op 'conv_7x7' is not in the space"):
         build_network(bad, NetworkConfig(cells=3, channels=4), in_channels=3, num_classes=10)
+
+
+def test_input_only_backward_under_bf16_autocast():
+    """The alpha-only (input gradient only) backward path must run its convs in the forward's dtype too."""
+    torch.manual_seed(0)
+    op = SepConv(4, 4, 3, 1)
+    for p in op.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = op(x)
+        ref = op.second.bn(op.second.pointwise(op.second.depthwise(F.relu(
+            op.first.bn(op.first.pointwise(op.first.depthwise(F.relu(x))))))))
+    g, = torch.autograd.grad(out.float().square().sum(), x)
+    g_ref, = torch.autograd.grad(ref.float().square().sum(), x)
+    assert g.dtype == torch.float32 and torch.equal(g, g_ref)

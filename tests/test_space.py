@@ -188,6 +188,12 @@ def test_depthwise_pointwise_recompute_gradients(dilation, stride, channels_last
     ref = F.conv2d(F.conv2d(x, dw, stride=stride, padding=dilation, dilation=dilation, groups=3), pw)
     assert torch.allclose(out, ref, atol=1e-12)
     assert torch.allclose(gx, torch.autograd.grad(ref.sum(), (x,))[0], atol=1e-12)
+    # input gradient only (an alpha-only pass: no weight needs a gradient)
+    dw.requires_grad_(False)
+    upstream = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    gx, = torch.autograd.grad(_DepthwisePointwise.apply(x, dw, pw, stride, dilation), (x,), upstream)
+    ref = F.conv2d(F.conv2d(x, dw, stride=stride, padding=dilation, dilation=dilation, groups=3), pw)
+    assert torch.allclose(gx, torch.autograd.grad(ref, (x,), upstream)[0], atol=1e-12)
 
 
 def test_scaled_batch_norm_matches_scale_times_bn():

@@ -115,13 +115,25 @@ class _DepthwisePointwise(torch.autograd.Function):
         ctx.autocast = torch.is_autocast_enabled(ctx.device_type)
         ctx.autocast_dtype = torch.get_autocast_dtype(ctx.device_type)
         ctx.save_for_backward(x, dw_weight, pw_weight)
-        return F.conv2d(depthwise_conv(x, dw_weight, stride, dilation), pw_weight)
+        out = F.conv2d(depthwise_conv(x, dw_weight, stride, dilation), pw_weight)
+        ctx.conv_dtype = out.dtype  # the dtype both convs ran in
+        return out
 
     @staticmethod
     @once_differentiable  # a second derivative through here raises instead of being silently wrong
     def backward(ctx, grad):
         x, dw_weight, pw_weight = ctx.saved_tensors
         need_x, need_dw, need_pw = ctx.needs_input_grad[:3]
+        if need_x and not (need_dw or need_pw) and ctx.dilation == 1:
+            # Only the input gradient (an alpha-only pass): both are transposed convolutions that need no
+            # activation, so the depthwise output is not recomputed. 1x1 conv: grad_t = W_pw^T grad.
+            dtype = ctx.conv_dtype
+            grad_t = F.conv2d(grad.to(dtype), pw_weight.to(dtype).transpose(0, 1))
+            k = dw_weight.shape[-1]
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_t, x.to(dtype), dw_weight.to(dtype), None, [ctx.stride] * 2, [(k - 1) // 2] * 2, [1, 1], False,
+                [0, 0], dw_weight.shape[0], [True, False, False])[0]
+            return grad_x, None, None, None, None
         with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype, enabled=ctx.autocast):
             xd = x.detach().requires_grad_(need_x)
             dwd = dw_weight.detach().requires_grad_(need_dw)
