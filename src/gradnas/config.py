@@ -1,7 +1,8 @@
 """Frozen configuration objects for a search, loaded from YAML, CLI flags and ``--set key=value``.
 
 The tree mirrors the object tree: ``data`` -> the data pipeline, ``supernet`` -> the search space,
-``w_optim`` / ``arch_optim`` -> the two optimizers, and the top level -> the search method and loop.
+``w_optim`` / ``arch_optim`` -> the two optimizers, ``probes`` -> the optional per-epoch measurements
+(gradnas.search.probes), and the top level -> the search method and loop.
 Unknown keys are rejected with the list of valid ones; values are parsed as YAML data, never code.
 Defaults are the papers' CIFAR-10 search settings (DARTS / MiLeNAS: 50 epochs, batch 64, 8 cells,
 16 channels, SGD 0.025 cosine to 0.001, Adam 3e-4 for alpha).
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from gradnas.errors import GradnasError
+from gradnas.search.probes import ProbeConfig
 from gradnas.space.darts import DartsSpaceConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -66,6 +68,7 @@ class SearchConfig:
     supernet: DartsSpaceConfig = field(default_factory=DartsSpaceConfig)
     w_optim: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch_optim: ArchOptimConfig = field(default_factory=ArchOptimConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self):
         checks = [
@@ -91,6 +94,9 @@ class SearchConfig:
         d["lambda"] = d.pop("lam")
         d["supernet"]["ops"] = list(d["supernet"]["ops"])
         d["arch_optim"]["betas"] = list(d["arch_optim"]["betas"])
+        d["probes"]["dl_dp_edges"] = list(d["probes"]["dl_dp_edges"])
+        if d["probes"]["grad_corr_cells"] is not None:
+            d["probes"]["grad_corr_cells"] = list(d["probes"]["grad_corr_cells"])
         return d
 
     @classmethod
@@ -100,7 +106,7 @@ class SearchConfig:
 
 # Sections and their classes, for parsing and for the --set help.
 _SECTIONS = {"data": DataConfig, "supernet": DartsSpaceConfig, "w_optim": WeightOptimConfig,
-             "arch_optim": ArchOptimConfig}
+             "arch_optim": ArchOptimConfig, "probes": ProbeConfig}
 _ALIASES = {"lambda": "lam"}
 
 

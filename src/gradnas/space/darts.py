@@ -86,6 +86,8 @@ class SearchCell(nn.Module):
                                       for j in range(cfg.nodes + 1) for name in cfg.ops if name in POOLS})
         # column index of each op in an alpha row
         self.col = {name: k for k, name in enumerate(cfg.ops)}
+        # Optional observer of every intermediate node, on_node(node index, tensor); probes set it.
+        self.on_node = None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
@@ -130,6 +132,8 @@ class SearchCell(nn.Module):
                     # A running sum frees each term at once; plain adds keep nothing for backward.
                     node = term if node is None else node + term
                 row += 1
+            if self.on_node is not None:
+                self.on_node(target, node)
             states.append(node)
         return torch.cat(states[2:], dim=1)
 
