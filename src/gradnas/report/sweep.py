@@ -174,8 +174,9 @@ def run_sweep(runs: list, out_dir, *, jobs: int = 1, progress: bool = True) -> d
                     tail = (run.path / LOG_FILE).read_text().strip().splitlines()[-3:]
                     tqdm.write(f"[failed] {name} (exit {proc.returncode}); last lines of {run.path / LOG_FILE}:\n  "
                                + "\n  ".join(tail), file=sys.stderr)
-            bar.n = sum(min(_epochs_done(r), r.epochs) for r in runs)
-            bar.refresh()
+            done = sum(min(_epochs_done(r), r.epochs) for r in runs)
+            if done != bar.n:
+                bar.update(done - bar.n)
     except KeyboardInterrupt:
         for run, proc, log, _ in running.values():
             proc.terminate()  # the search saves nothing mid-epoch; its last checkpoint stays

@@ -79,7 +79,7 @@ class ProbeConfig:
         return self.grad_corr or bool(self.dl_dp_edges)
 
     @property
-    def any(self) -> bool:
+    def enabled(self) -> bool:
         return self.gap or self.needs_gradients
 
 
@@ -184,7 +184,7 @@ class Probes:
     # -- the hook the loop calls
     def after_epoch(self, epoch: int, record: dict) -> dict:
         """Keys to add to this epoch's metrics line ({} when every probe is off)."""
-        if not self.cfg.any:
+        if not self.cfg.enabled:
             return {}
         t0 = time.time()
         out = {}
