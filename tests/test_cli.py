@@ -31,6 +31,19 @@ def test_search_round_trip_and_resume(tmp_path, capsys):
     assert "searched with epochs=1, not 3" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("method", ["darts", "milenas"])
+def test_second_order_search_from_the_command_line(tmp_path, capsys, method):
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--method", method, "--order", "2", "--xi", "0.01", "--out", str(out)]) == 0
+    import yaml
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["method"], saved["order"], saved["xi"], saved["fd_scale"]) == (method, 2, 0.01, None)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["arch_batch_loss"] > 0
+    assert main(["search", *TINY, "--method", "single-level", "--order", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "supports order 1, not 2" in capsys.readouterr().err
+
+
 def test_flags_and_set_reach_the_config(tmp_path):
     out = tmp_path / "run"
     assert main(["search", *TINY, "--method", "single-level", "--relax", "sigmoid", "--lambda", "0.25",
@@ -75,11 +88,11 @@ def test_malformed_yaml_config(tmp_path):
 def test_bench_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     r = _cli("bench", "--batch", "2", "--cells", "3", "--channels", "4", "--steps", "1", "--warmup", "0",
-             "--methods", "forward-backward,milenas,darts", "--out", str(out))
+             "--methods", "forward-backward,milenas,darts:2", "--out", str(out))
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
-    rows = {row["method"]: row for row in result["results"]}
-    assert set(rows) == {"forward-backward", "milenas", "darts"}
+    rows = {(row["method"], row["order"]): row for row in result["results"]}
+    assert set(rows) == {("forward-backward", 1), ("milenas", 1), ("darts", 2)}
     for row in rows.values():
         assert row["sec_per_step"] > 0 and row["images_per_sec"] > 0 and row["peak_memory_gb"] > 0.05
     assert result["settings"]["batch"] == 2

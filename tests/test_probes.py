@@ -11,7 +11,7 @@ from conftest import batch, tiny_supernet
 from gradnas.errors import GradnasError
 from gradnas.search.loop import Search
 from gradnas.search.methods import make_method
-from gradnas.search.probes import ProbeConfig, Probes, parse_edge_spec
+from gradnas.search.probes import ProbeConfig, Probes, alpha_objective, parse_edge_spec
 from test_search import tiny_config
 
 
@@ -81,6 +81,17 @@ def test_grad_corr_follows_the_methods_alpha_objective():
     g1, g2 = node_gradients(model, b1)[(0, 2)], node_gradients(model, b2)[(0, 2)]
     ga = g1 + 0.5 * g2
     assert mil["grad_corr"]["0"]["2"] == pytest.approx(float(g1.dot(ga) / (g1.norm() * ga.norm())), abs=1e-6)
+
+
+@pytest.mark.parametrize("name,order,expected", [
+    ("single-level", 1, (1.0, 0.0)), ("darts", 1, (0.0, 1.0)), ("darts", 2, (0.0, 1.0)),
+    ("milenas", 1, (1.0, 0.25)), ("milenas", 2, (0.25, 1.0)),  # second order puts lambda on L_tr
+])
+def test_alpha_objective_per_method(name, order, expected):
+    model = tiny_supernet()
+    method = make_method(name, model, w_optim=torch.optim.SGD(model.weight_parameters(), lr=0.1),
+                         a_optim=torch.optim.Adam(model.arch_parameters()), order=order, lam=0.25)
+    assert alpha_objective(method) == expected
 
 
 def test_dl_dp_matches_finite_differences():

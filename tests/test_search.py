@@ -31,9 +31,10 @@ def _metrics(run_dir):
     return lines
 
 
-@pytest.mark.parametrize("method", ["milenas", "darts", "single-level"])
-def test_resume_continues_exactly(tmp_path, method):
-    cfg = tiny_config(method=method)
+@pytest.mark.parametrize("method,order", [("milenas", 1), ("darts", 1), ("single-level", 1), ("darts", 2),
+                                          ("milenas", 2)])
+def test_resume_continues_exactly(tmp_path, method, order):
+    cfg = tiny_config(method=method, order=order)
     full = Search(cfg, tmp_path / "full", progress=False)
     full.run()
     stopped = Search(cfg, tmp_path / "resumed", progress=False)
@@ -110,6 +111,9 @@ def test_paper_defaults():
     ({"optimiser": {}}, "unknown key 'optimiser'"),
     ({"epochs": "ten"}, "epochs must be an integer"),
     ({"data": {"split_fraction": 1.5}}, "split_fraction"),
+    ({"xi": 0.1}, "set order: 2"),
+    ({"order": 2, "fd_scale": 0}, "fd_scale must be > 0"),
+    ({"order": 2, "xi": -1}, "xi must be >= 0"),
 ])
 def test_config_errors(d, message):
     with pytest.raises(GradnasError, match=message):

@@ -15,7 +15,7 @@ SEARCH_FLAGS = {
     "space": "space", "method": "method", "order": "order", "lam": "lambda", "relax": "relax",
     "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
     "cells": "supernet.cells", "channels": "supernet.channels", "seed": "seed", "device": "device",
-    "threads": "threads",
+    "threads": "threads", "xi": "xi",
     "probe_gap": "probes.gap", "probe_grad_corr": "probes.grad_corr", "probe_dl_dp": "probes.dl_dp_edges",
     "probe_batches": "probes.batches",
 }
@@ -35,16 +35,21 @@ def _search_parser(sub):
 
 def _add_config_flags(p, *, grid: bool):
     """The flags that set search config keys; `grid` (sweep) leaves out method, lambda and seed."""
-    p.add_argument("--config", help="YAML file, or the name of a shipped config (milenas-1st, darts-1st, "
-                                    "single-level-sigmoid, single-level-softmax, quick)")
+    from gradnas.config import CONFIG_DIR
+    shipped = ", ".join(sorted(c.stem for c in CONFIG_DIR.glob("*.yaml")))
+    p.add_argument("--config", help=f"YAML file, or the name of a shipped config ({shipped})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set w_optim.lr=0.01 (repeatable)")
     p.add_argument("--space", help="search space (darts)")
     if not grid:
         p.add_argument("--method", help="architecture optimizer: milenas, darts, single-level")
-    p.add_argument("--order", type=int, help="1 (first order)")
+    p.add_argument("--order", type=int, help="1 (first order) or 2 (second order: darts, milenas; one virtual "
+                                             "weight step, finite-difference Hessian-vector product)")
     if not grid:
-        p.add_argument("--lambda", dest="lam", type=float, help="MiLeNAS lambda (weight of the validation term)")
+        p.add_argument("--lambda", dest="lam", type=float,
+                       help="MiLeNAS lambda: weight of the validation term in first order, of the training term in "
+                            "second order (as the paper writes each update)")
+    p.add_argument("--xi", type=float, help="order 2: virtual step size (default: the current weight learning rate)")
     p.add_argument("--relax", help="relaxation: softmax or sigmoid")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
     p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
@@ -89,8 +94,9 @@ def _bench_parser(sub):
     p.add_argument("--cells", type=int, default=8)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    p.add_argument("--methods", default=f"{BASELINE},darts,milenas,single-level",
-                   help="comma-separated; 'forward-backward' is one plain pass with all gradients")
+    p.add_argument("--methods", default=f"{BASELINE},single-level,darts,milenas,darts:2,milenas:2",
+                   help="comma-separated; METHOD:2 is second order; 'forward-backward' is one plain pass with "
+                        "all gradients")
     p.add_argument("--out", default="bench.json", help="JSON file for the results")
     return p
 

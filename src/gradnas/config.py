@@ -58,6 +58,8 @@ class SearchConfig:
     method: str = "milenas"
     order: int = 1
     lam: float = 1.0                     # MiLeNAS lambda (YAML / CLI: `lambda`)
+    xi: float | None = None              # order 2: virtual step size; None = the current weight lr (DARTS)
+    fd_scale: float | None = None        # order 2: finite-difference step eps * ||v||; None = 0.01 (DARTS)
     relax: str = "softmax"
     epochs: int = 50
     batch_size: int = 64
@@ -76,6 +78,11 @@ class SearchConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lam >= 0 and math.isfinite(self.lam), f"lambda must be a finite number >= 0, got {self.lam}"),
             (self.order in (1, 2), f"order must be 1 or 2, got {self.order}"),
+            (self.order == 2 or (self.xi is None and self.fd_scale is None),
+             "xi and fd_scale belong to the second-order virtual step; set order: 2 or remove them"),
+            (self.xi is None or (self.xi >= 0 and math.isfinite(self.xi)), f"xi must be >= 0, got {self.xi}"),
+            (self.fd_scale is None or (self.fd_scale > 0 and math.isfinite(self.fd_scale)),
+             f"fd_scale must be > 0, got {self.fd_scale}"),
             (0 < self.data.split_fraction < 1, f"data.split_fraction must be in (0, 1), got {self.data.split_fraction}"),
             (self.data.subset is None or self.data.subset >= 2, f"data.subset must be >= 2, got {self.data.subset}"),
             (self.data.eval_batches is None or self.data.eval_batches >= 1,

@@ -116,7 +116,8 @@ class Search:
                                     num_classes=data.num_classes, seed=cfg.seed).to(self.device)
         self.w_optim, self.a_optim, self.scheduler = build_optimizers(cfg, self.model)
         self.method = make_method(cfg.method, self.model, w_optim=self.w_optim, a_optim=self.a_optim,
-                                  grad_clip=cfg.w_optim.grad_clip, order=cfg.order, lam=cfg.lam)
+                                  grad_clip=cfg.w_optim.grad_clip, order=cfg.order, lam=cfg.lam, xi=cfg.xi,
+                                  fd_scale=cfg.fd_scale)
         # Optional per-epoch measurements (off by default); they leave the search untouched. The gap probe
         # evaluates the weight half exactly as the validation below evaluates the architecture half.
         same_as_validation = functools.partial(evaluate, self.model, augment=self.augment, batch_size=cfg.batch_size,

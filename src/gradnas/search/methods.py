@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from gradnas.errors import GradnasError
+from gradnas.search import hypergrad
 
 METHODS: dict[str, type["ArchOptimizer"]] = {}
 
@@ -36,10 +37,19 @@ class ArchOptimizer:
     uses_val_batch: ClassVar[bool] = True
 
     def __init__(self, model, *, w_optim: torch.optim.Optimizer, a_optim: torch.optim.Optimizer,
-                 grad_clip: float = 5.0, order: int = 1, lam: float = 1.0):
+                 grad_clip: float = 5.0, order: int = 1, lam: float = 1.0, xi: float | None = None,
+                 fd_scale: float | None = None):
         if order not in self.orders:
             raise GradnasError(f"method {self.name!r} supports order {' or '.join(map(str, self.orders))}, "
                                f"not {order}")
+        if order == 1 and (xi is not None or fd_scale is not None):
+            raise GradnasError("xi and fd_scale belong to the second-order virtual step; set order: 2 "
+                               "(darts or milenas) or remove them")
+        if order == 2 and not isinstance(w_optim, torch.optim.SGD):
+            raise GradnasError(f"second order unrolls one step of SGD; the weight optimizer is "
+                               f"{type(w_optim).__name__}")
+        if xi is not None and xi < 0 or fd_scale is not None and fd_scale <= 0:
+            raise GradnasError(f"xi must be >= 0 and fd_scale > 0 (got xi={xi}, fd_scale={fd_scale})")
         self.model = model
         self.w_optim, self.a_optim = w_optim, a_optim
         self.grad_clip = grad_clip
@@ -50,6 +60,8 @@ class ArchOptimizer:
         #: how gradients become global: None on one process; under data parallelism a callable that
         #: averages a list of tensors across ranks in place (set by the loop, see `_sync`).
         self.grad_sync = None
+        self.xi = xi  # None: the current weight learning rate (DARTS)
+        self.fd_scale = hypergrad.FD_SCALE if fd_scale is None else fd_scale
 
     def step(self, train_batch, val_batch) -> StepStats:
         raise NotImplementedError
@@ -73,6 +85,12 @@ class ArchOptimizer:
 
     def _sync_param_grads(self, params) -> None:
         self._sync([p.grad for p in params])
+
+    def _functional(self) -> hypergrad.Functional:
+        return hypergrad.Functional(self.model, self.weights, sync=self.grad_sync)
+
+    def _current_xi(self) -> float:
+        return self.w_optim.param_groups[0]["lr"] if self.xi is None else self.xi
 
     def _weight_step(self) -> None:
         """Clip the weight gradient (never alpha's) and take the SGD step."""
@@ -136,16 +154,28 @@ class SingleLevel(ArchOptimizer):
 
 @register_method
 class Bilevel(ArchOptimizer):
-    """DARTS first order: alpha descends L_val(w, alpha), then w descends L_tr(w, alpha).
+    """DARTS: alpha descends L_val(w, alpha), then w descends L_tr(w, alpha) with the new alpha.
 
-    The alpha step comes first, as in DARTS, so both use the same w. Its pass computes the alpha
-    gradient only, which skips every weight gradient (the costly part of depthwise conv backward).
+    First order uses grad_a L_val at the current w. Its pass computes the alpha gradient only, which skips
+    every weight gradient (the costly part of depthwise conv backward). Second order (DARTS eq. 7-8)
+    uses the gradient through one virtual SGD step, w' = w - xi * d (see ``gradnas.search.hypergrad``):
+    grad_a L_val(w', a) - xi * grad^2_{a,w} L_tr(w, a) grad_{w'} L_val(w', a), the Hessian-vector
+    product by central finite differences.
     """
 
     name = "darts"
+    orders = (1, 2)
 
     def step(self, train_batch, val_batch):
-        val_loss, val_correct, val_n, g_val = self._alpha_grad(val_batch)
+        if self.order == 1:
+            val_loss, val_correct, val_n, g_val = self._alpha_grad(val_batch)
+            val_loss = val_loss.item()
+        else:
+            fn = self._functional()
+            unrolled = hypergrad.virtual_step(fn, self.weights, self.w_optim, train_batch, self._current_xi())
+            g_val, outer, _ = hypergrad.unrolled_term(fn, unrolled, self.alphas, val_batch, train_batch,
+                                                      fd_scale=self.fd_scale)
+            val_loss, val_correct, val_n = outer.loss, outer.correct, outer.n
         self._set_alpha_grads(g_val)
         self.a_optim.step()
 
@@ -155,32 +185,55 @@ class Bilevel(ArchOptimizer):
         self._sync_param_grads(self.weights)
         self._weight_step()
         return StepStats(train_loss=loss.item(), train_correct=correct, train_n=n,
-                         val_loss=val_loss.item(), val_correct=val_correct, val_n=val_n)
+                         val_loss=val_loss, val_correct=val_correct, val_n=val_n)
 
 
 @register_method
 class MixedLevel(ArchOptimizer):
-    """MiLeNAS first order (eq. 6): w <- w - lr_w grad_w L_tr;
-    alpha <- alpha - lr_a (grad_a L_tr + lambda grad_a L_val), both gradients at the same (w, alpha).
+    """MiLeNAS. Both updates start from the same (w, alpha).
 
-    One backward of L_tr yields grad_w L_tr and grad_a L_tr together; the L_val pass computes the
-    alpha gradient only. lambda = 0 skips the validation pass and is exactly single-level.
+    First order (eq. 6): w <- w - lr_w grad_w L_tr; alpha <- alpha - lr_a (grad_a L_tr + lambda grad_a L_val).
+    One backward of L_tr yields grad_w L_tr and grad_a L_tr together; the L_val pass computes the alpha
+    gradient only. lambda = 0 skips the validation pass and is exactly single-level.
+
+    Second order (section 3.1 and supplementary B): alpha descends the one-step unrolled gradient of the
+    validation loss plus lambda times that of the training loss, each with its own finite-difference
+    correction (eps_val from grad_{w'} L_val, eps_tr from grad_{w'} L_tr). Note that the paper's
+    second-order update puts lambda on the training term, the first-order one on the validation term;
+    both are implemented as written, so lambda = 0 is DARTS-2nd's alpha gradient here. The weight step
+    reuses grad_w L_tr(w, alpha), the gradient the virtual step is built from.
     """
 
     name = "milenas"
+    orders = (1, 2)
 
     def step(self, train_batch, val_batch):
         self.w_optim.zero_grad(set_to_none=True)
         self.a_optim.zero_grad(set_to_none=True)
         loss, correct, n = self._forward(train_batch)
-        loss.backward()  # grad_w L_tr and grad_a L_tr in one pass
-        self._sync_param_grads(self.weights + self.alphas)
         stats = StepStats(train_loss=loss.item(), train_correct=correct, train_n=n)
-        if self.lam > 0:
-            val_loss, val_correct, val_n, g_val = self._alpha_grad(val_batch)
-            for a, g in zip(self.alphas, g_val):
-                a.grad.add_(g, alpha=self.lam)
-            stats.update(val_loss=val_loss.item(), val_correct=val_correct, val_n=val_n)
+        if self.order == 1:
+            loss.backward()  # grad_w L_tr and grad_a L_tr in one pass
+            self._sync_param_grads(self.weights + self.alphas)
+            if self.lam > 0:
+                val_loss, val_correct, val_n, g_val = self._alpha_grad(val_batch)
+                for a, g in zip(self.alphas, g_val):
+                    a.grad.add_(g, alpha=self.lam)
+                stats.update(val_loss=val_loss.item(), val_correct=val_correct, val_n=val_n)
+        else:
+            loss.backward(inputs=self.weights)  # grad_w L_tr(w, a): the weight step and the virtual step
+            self._sync_param_grads(self.weights)
+            fn = self._functional()
+            unrolled = hypergrad.virtual_step(fn, self.weights, self.w_optim, train_batch, self._current_xi(),
+                                              train_grads=[w.grad for w in self.weights])
+            g_alpha, outer, _ = hypergrad.unrolled_term(fn, unrolled, self.alphas, val_batch, train_batch,
+                                                        fd_scale=self.fd_scale)
+            stats.update(val_loss=outer.loss, val_correct=outer.correct, val_n=outer.n)
+            if self.lam > 0:
+                g_tr, _, _ = hypergrad.unrolled_term(fn, unrolled, self.alphas, train_batch, train_batch,
+                                                     fd_scale=self.fd_scale)
+                g_alpha = [gv + self.lam * gt for gv, gt in zip(g_alpha, g_tr)]
+            self._set_alpha_grads(g_alpha)
         self._weight_step()
         self.a_optim.step()
         return stats

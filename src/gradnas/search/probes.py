@@ -24,8 +24,9 @@ j, sum_{j,k} g_a^j . g_w^k = G_a . G_w where G = sum_j g^j is the batch-summed g
 It is reported as a cosine, G_a . G_w / (|G_a| |G_w|), so nodes, cells and runs share one scale: 1 when
 both batches are the same (single-level), near 0 when they are independent (the paper's bilevel case).
 "The batch that updates alpha" follows the method: the weight batch for single-level, the architecture
-batch for DARTS, and for MiLeNAS the gradient of its alpha objective L_tr + lambda L_val (eq. 6), so
-lambda = 0 gives single-level's 1 and a large lambda approaches DARTS. ``dl_dp`` uses the same objective.
+batch for DARTS, and for MiLeNAS the gradient of its alpha objective L_tr + lambda L_val (eq. 6; second
+order: L_val + lambda L_tr), so first-order lambda = 0 gives single-level's 1 and a large lambda approaches
+DARTS. ``dl_dp`` uses the same objective (see ``alpha_objective``).
 Both are averaged over ``probes.batches`` (weight batch, architecture batch) pairs: the first pairs of
 the epoch just run, at the weights the epoch ended with.
 
@@ -99,11 +100,15 @@ def parse_edge_spec(spec) -> tuple[str, int, int | None]:
 def alpha_objective(method) -> tuple[float, float]:
     """(c_w, c_a): alpha descends c_w L(weight batch) + c_a L(architecture batch) under this method.
 
-    First-order view: DARTS-2nd evaluates L_val at a look-ahead w', which the probe does not model."""
+    A first-order view at the current weights: second-order methods evaluate their losses at a virtual
+    step w' and add a Hessian term, which the probes do not model."""
     if not method.uses_val_batch:
         return 1.0, 0.0                     # single-level (eq. 3): one batch drives w and alpha
     if method.name == "milenas":
-        return 1.0, float(method.lam)       # MiLeNAS eq. 6: grad L_tr + lambda grad L_val
+        # MiLeNAS first order (eq. 6): grad L_tr + lambda grad L_val; its second-order update puts lambda
+        # on the training term instead (supplementary B), as gradnas.search.methods implements it.
+        lam = float(method.lam)
+        return (1.0, lam) if method.order == 1 else (lam, 1.0)
     if method.name == "darts":
         return 0.0, 1.0                     # bilevel: alpha from the validation half
     raise GradnasError(f"probes grad_corr and dl_dp know the alpha objective of single-level, darts and milenas, "

@@ -13,9 +13,12 @@ Two things here are about speed on CPU, not about the math (see ../shared/notes/
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from gradnas.errors import GradnasError
 
@@ -74,6 +77,22 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int, dilation:
                     groups=weight.shape[0])
 
 
+_TWICE_DIFFERENTIABLE = False
+
+
+@contextmanager
+def twice_differentiable():
+    """Build graphs that can be differentiated twice (create_graph=True), e.g. for an exact
+    Hessian-vector product. Inside, separable/dilated convs use plain autograd instead of
+    :class:`_DepthwisePointwise`, whose memory-saving backward is differentiable only once."""
+    global _TWICE_DIFFERENTIABLE
+    previous, _TWICE_DIFFERENTIABLE = _TWICE_DIFFERENTIABLE, True
+    try:
+        yield
+    finally:
+        _TWICE_DIFFERENTIABLE = previous
+
+
 class _DepthwisePointwise(torch.autograd.Function):
     """pointwise(depthwise(x)) that keeps only x for backward and recomputes the depthwise output there.
 
@@ -89,6 +108,7 @@ class _DepthwisePointwise(torch.autograd.Function):
         return F.conv2d(depthwise_conv(x, dw_weight, stride, dilation), pw_weight)
 
     @staticmethod
+    @once_differentiable  # a second derivative through here raises instead of being silently wrong
     def backward(ctx, grad):
         x, dw_weight, pw_weight = ctx.saved_tensors
         need_x, need_dw, need_pw = ctx.needs_input_grad[:3]
@@ -160,7 +180,7 @@ class DilConv(nn.Module):
 
     def forward(self, x: torch.Tensor, pre_activated: bool = False, scale: torch.Tensor | None = None) -> torch.Tensor:
         x = x if pre_activated else F.relu(x)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and not _TWICE_DIFFERENTIABLE:
             y = _DepthwisePointwise.apply(x, self.depthwise.weight, self.pointwise.weight, self.depthwise.stride[0],
                                           self.depthwise.dilation[0])
         else:
