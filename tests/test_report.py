@@ -199,6 +199,16 @@ def test_compare_table_on_hand_made_metrics(tmp_path):
         assert f"]({name})" in md
 
 
+def test_load_run_keeps_the_epochs_before_a_line_cut_short(tmp_path):
+    run = make_run(tmp_path / "r", method="darts", seed=0, valid=[1.0, 2.0], train=[1.0, 2.0], times=[1.0, 1.0])
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "valid_a')  # a crash mid-write
+    assert [m["epoch"] for m in load_run(run).metrics] == [1, 2]
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "valid_a\n{"epoch": 2}\n')
+    with pytest.raises(GradnasError, match="line 1 is not valid JSON"):
+        load_run(run)
+
+
 def test_compare_groups_by_every_setting_but_the_seed(tmp_path):
     a = make_run(tmp_path / "a", method="milenas", seed=0, lam=0.1, valid=[1.0], train=[1.0], times=[1.0])
     b = make_run(tmp_path / "b", method="milenas", seed=1, lam=999, valid=[1.0], train=[1.0], times=[1.0])
@@ -221,6 +231,8 @@ def test_sweep_plan():
         plan_sweep(base, "/tmp/x", methods=["darts"], lambdas=[1.0])
     with pytest.raises(GradnasError, match="unknown method 'enas'"):
         plan_sweep(base, "/tmp/x", methods=["enas"])
+    with pytest.raises(GradnasError, match="method single-level supports order 1, and the sweep asks for order 2"):
+        plan_sweep({**base, "order": 2}, "/tmp/x", methods=["darts", "single-level"])
 
 
 def test_sweep_runs_in_parallel_resumes_and_compares(tmp_path, capsys):

@@ -31,6 +31,11 @@ def save(fig: Figure, path: Path) -> Path:
 
 
 def _epoch_axis(ax) -> None:
+    """Whole epochs on the x axis (call after plotting); a one-epoch run gets a range around its epoch."""
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:
+        mid = round((lo + hi) / 2)
+        ax.set_xlim(mid - 1, mid + 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -126,8 +131,6 @@ def plot_curves(run, out_dir) -> Path:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in (ax_acc, ax_loss, ax_lr, ax_time):
-        _epoch_axis(ax)
     xs, ys = run.series("lr")
     ax_lr.plot(xs, ys, color="black", **_marker(len(xs)))
     ax_lr.set_xlabel("epoch")
@@ -143,6 +146,8 @@ def plot_curves(run, out_dir) -> Path:
     ax_time.set_xlabel("epoch")
     ax_time.set_ylabel("wall time (s)")
     ax_time.grid(alpha=0.3, axis="y")
+    for ax in (ax_acc, ax_loss, ax_lr, ax_time):
+        _epoch_axis(ax)
     fig.suptitle(f"{run.name}: {run.describe()}", fontsize=11)
     return save(fig, Path(out_dir) / "curves.png")
 
@@ -200,7 +205,7 @@ def plot_grad_corr(run, out_dir) -> Path | None:
         ax.legend(fontsize=8)
     axes[0].set_ylabel("cos(dL_w/dx, dL_alpha/dx)")
     fig.suptitle(f"{run.name}: gradient correlation per node (single-level paper eq. 13), {run.describe()}",
-                 fontsize=10)
+                 fontsize=10, y=1.03)
     return save(fig, Path(out_dir) / "grad-corr.png")
 
 
@@ -291,16 +296,8 @@ def plot_comparison(groups, out_dir) -> list:
     fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
     for (label, runs), color in zip(groups, colors):
-        curves = []
-        for r in runs:
-            if all_probe:
-                xs, ys, _ = r.gap_series()
-            else:
-                xs, train = r.series("train_acc")
-                valid = dict(zip(*r.series("valid_acc")))
-                xs, ys = [x for x in xs if x in valid], [t - valid[x] for x, t in zip(xs, train) if x in valid]
-            curves.append((xs, ys))
-        _band(ax, curves, color, label)
+        # one definition for every curve: the probe's only when every run recorded it
+        _band(ax, [r.gap_series(probe=all_probe)[:2] for r in runs], color, label)
     ax.axhline(0, color="gray", linewidth=0.8)
     _epoch_axis(ax)
     ax.set_xlabel("epoch")

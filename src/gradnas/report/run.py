@@ -86,8 +86,9 @@ class Run:
             return last["train_acc"] - last["valid_acc"], "running"
         return None, "n/a"
 
-    def gap_series(self) -> tuple[list, list, str]:
-        if self.has("gap"):
+    def gap_series(self, *, probe: bool = True) -> tuple[list, list, str]:
+        """(epochs, gap in pp, source): from the gap probe when recorded and ``probe``, else running."""
+        if probe and self.has("gap"):
             xs = [m["epoch"] for m in self.metrics if isinstance(m.get("gap"), dict)]
             ys = [m["gap"]["acc_gap"] for m in self.metrics if isinstance(m.get("gap"), dict)]
             return xs, ys, "probe"

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from gradnas.config import SearchConfig, resume_conflicts
 from gradnas.errors import GradnasError
 from gradnas.search.loop import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, check_names
+from gradnas.search.methods import method_class
 
 PLAN_DIR, LOG_FILE, SWEEP_FILE = "plan", "search.log", "sweep.json"
 
@@ -67,6 +68,10 @@ def plan_sweep(base: dict, out_dir, *, methods=None, lambdas=None, seeds=None) -
                     d["lambda"] = float(lam)
                 cfg = SearchConfig.from_dict(d)
                 check_names(cfg)  # an unknown method fails here, before any run starts
+                orders = method_class(method).orders
+                if cfg.order not in orders:
+                    raise GradnasError(f"method {method} supports order {' or '.join(map(str, orders))}, and the "
+                                       f"sweep asks for order {cfg.order}; sweep it separately")
                 name = f"{method}{'' if lam is None else '-lam' + _num(lam)}-s{seed}"
                 if name in seen:
                     raise GradnasError(f"the grid lists run {name} twice; give each method, lambda and seed once")
