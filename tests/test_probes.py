@@ -15,6 +15,13 @@ from gradnas.search.probes import ProbeConfig, Probes, alpha_objective, parse_ed
 from test_search import tiny_config
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(_threads):
+    # Tiny tensors gain nothing from a second thread, and a 2-thread pool is many times slower when
+    # the cores are shared with other work (measured: 7 s vs 72 s for the same 2-epoch search).
+    torch.set_num_threads(1)
+
+
 class FixedPairs:
     """Stands in for PairedBatches: the same (weight batch, architecture batch) pairs every epoch."""
 
@@ -129,9 +136,9 @@ def test_dl_dp_matches_finite_differences():
 
 def test_probes_do_not_change_the_search(tmp_path):
     probes = {"gap": True, "grad_corr": True, "dl_dp_edges": ["last:3<-*", "normal:2<-0"], "batches": 2}
-    plain = Search(tiny_config(method="milenas"), tmp_path / "plain", progress=False)
+    plain = Search(tiny_config(method="milenas", threads=1), tmp_path / "plain", progress=False)
     plain.run()
-    probed = Search(tiny_config(method="milenas", probes=probes), tmp_path / "probed", progress=False)
+    probed = Search(tiny_config(method="milenas", probes=probes, threads=1), tmp_path / "probed", progress=False)
     probed.run()
     a, b = plain.model.state_dict(), probed.model.state_dict()
     for key in a:  # weights, alphas and BN statistics, bit for bit
