@@ -27,3 +27,16 @@ def tiny_supernet(relax="softmax", *, cells=3, channels=4, nodes=2, in_channels=
 def batch(n=4, c=3, size=8, classes=5, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, c, size, size, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
+
+
+def tiny_nb201(relax="softmax", *, cells_per_stage=1, channels=4, in_channels=3, classes=5, seed=0,
+               channels_last=False, dtype=torch.float32):
+    """A small NAS-Bench-201 supernet with spread-out alpha."""
+    from gradnas.space.nb201 import NB201SpaceConfig, NB201Supernet
+    cfg = NB201SpaceConfig(cells_per_stage=cells_per_stage, channels=channels, channels_last=channels_last)
+    torch.manual_seed(seed)
+    model = NB201Supernet(cfg, make_relaxation(relax), in_channels=in_channels, num_classes=classes,
+                          generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        model.alpha.copy_(torch.randn(model.alpha.shape, generator=torch.Generator().manual_seed(seed + 1)))
+    return model.to(dtype)

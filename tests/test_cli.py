@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from gradnas.benchmark.nb201 import lookup
 from gradnas.cli import main
 from gradnas.space.genotype import load_genotype
 from gradnas.space.ops import DARTS_OPS
@@ -62,8 +63,11 @@ def _cli(*args, cwd=None):
 
 @pytest.mark.parametrize("args,message", [
     (["--method", "enas"], "unknown method 'enas'; valid methods: darts, milenas, single-level"),
-    (["--space", "nasnet"], "unknown space 'nasnet'; valid spaces: darts"),
-    (["--relax", "tanh"], "unknown relaxation 'tanh'; valid: sigmoid, softmax"),
+    (["--space", "nasnet"], "unknown space 'nasnet'; valid spaces: darts, nb201"),
+    (["--relax", "tanh"], "unknown relaxation 'tanh'; valid: gumbel, sigmoid, softmax"),
+    (["--space", "nb201", "--set", "supernet.cells=3"],
+     "--set supernet.cells=3: supernet.cells configures the darts space, but this search uses space 'nb201'"),
+    (["--set", "gumbel.tau_max=5"], "gumbel.tau_max configures the gumbel relaxation, but this search uses relax"),
     (["--lambda", "-1"], "lambda must be a finite number >= 0"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
@@ -112,3 +116,40 @@ def test_genotype_command_checks_the_space(tmp_path, capsys):
     assert "set the space's node count to 2" in capsys.readouterr().err
     assert main(["genotype", text.replace("dil_conv_3x3", "conv_7x7"), "--set", "supernet.nodes=2"]) == 2
     assert "op 'conv_7x7' is not in the space" in capsys.readouterr().err
+
+
+def test_nb201_search_round_trip(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["search", "--space", "nb201", "--method", "single-level", "--relax", "sigmoid", "--cells", "1",
+            "--channels", "4", "--dataset", "fashion-mnist", "--data-dir", FMNIST, "--epochs", "1", "--batch-size",
+            "16", "--set", "data.subset=64", "--set", "data.eval_batches=1", "--quiet", "--device", "cpu",
+            "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    geno = load_genotype(out / "genotype.json")
+    assert geno.space == "nb201" and f"genotype: {geno.to_string()}" in printed
+    figures = lookup(geno)
+    assert f"nb201 test acc: cifar10 {figures['cifar10']:.2f}  cifar100 {figures['cifar100']:.2f}" in printed
+    import yaml
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["space"] == "nb201" and saved["nb201"]["cells_per_stage"] == 1 and saved["nb201"]["channels"] == 4
+    assert saved["supernet"]["cells"] == 5  # --cells went to the searched space, not the DARTS section
+    # the genotype command reads NB-201 strings and files; without --space/--config the space is the genotype's
+    assert main(["genotype", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == geno.to_string()
+    assert main(["genotype", geno.to_string(), "--space", "darts"]) == 2
+    assert "cell of the 'nb201' space, not of 'darts'; use --space nb201" in capsys.readouterr().err
+
+
+def test_bench_covers_nb201_and_gumbel(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--space", "nb201", "--relax", "gumbel", "--batch", "2", "--cells", "1", "--channels", "4",
+                 "--steps", "1", "--warmup", "0", "--methods", "darts", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["space"] == "nb201" and result["settings"]["relax"] == "gumbel"
+    assert result["settings"]["cells"] == 1
+    (row,) = result["results"]
+    assert row["method"] == "darts" and row["sec_per_step"] > 0
+    capsys.readouterr()
+    assert main(["bench", "--space", "nasnet"]) == 2
+    assert "unknown space 'nasnet'" in capsys.readouterr().err

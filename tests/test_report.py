@@ -136,7 +136,7 @@ def test_missing_dot_says_how_to_install_it(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("args,message", [
     (["plot", "/nonexistent/run"], "is not a gradnas run folder"),
     (["draw", "normal=|bogus|"], "expected 'normal=|...|;reduce=|...|'"),
-    (["draw", "/nonexistent/genotype.json"], "neither a file, a run folder nor a genotype string"),
+    (["draw", "/nonexistent/genotype.json"], "is neither a file nor a genotype string"),
     (["compare", "/nonexistent/a"], "is not a gradnas run folder"),
 ])
 def test_analysis_errors_are_one_line(args, message, capsys):

@@ -7,7 +7,12 @@ import yaml
 
 from gradnas.config import CONFIG_DIR, SearchConfig, load_yaml
 from gradnas.errors import GradnasError
-from gradnas.search.loop import Search
+from gradnas.benchmark.nb201 import lookup
+from gradnas.checkpoint import load_checkpoint, save_checkpoint
+from gradnas.search.loop import Search, build_optimizers
+from gradnas.space import build_supernet
+from gradnas.space.genotype import load_genotype
+from gradnas.space.nb201 import NB201SpaceConfig
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -49,6 +54,31 @@ def test_resume_continues_exactly(tmp_path, method, order):
     assert _metrics(tmp_path / "full") == _metrics(tmp_path / "resumed")
 
 
+def test_gdas_nb201_search_resumes_exactly_and_records_the_benchmark(tmp_path):
+    """GDAS on NB-201: the noise stream restarts from (seed, epoch), so a resumed run samples what an
+    uninterrupted one did; tau follows its schedule; every epoch and the summary carry the benchmark figures."""
+    cfg = tiny_config(method="darts", relax="gumbel", space="nb201", nb201={"cells_per_stage": 1, "channels": 4},
+                      gumbel={"tau_max": 4.0, "tau_min": 0.5})
+    full = Search(cfg, tmp_path / "full", progress=False)
+    summary = full.run()
+    Search(cfg, tmp_path / "resumed", progress=False).run(stop_after_epoch=1)
+    resumed = Search(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.run() == {**summary, "run_dir": str(tmp_path / "resumed")}
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    lines = _metrics(tmp_path / "full")
+    assert lines == _metrics(tmp_path / "resumed")
+    assert [line["tau"] for line in lines] == [4.0, 0.5]
+    for line in lines:
+        assert line["nb201"] == lookup(line["genotype"])
+        assert set(line["nb201"]) == {"cifar10", "cifar100", "imagenet16-120"}
+        assert list(line["edge_weights"]["cell"]) == ["1<-0", "2<-0", "2<-1", "3<-0", "3<-1", "3<-2"]
+    saved = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert saved["nb201"] == lookup(saved["genotype"]) == lines[-1]["nb201"]
+    assert load_genotype(tmp_path / "full" / "genotype.json").to_string() == saved["genotype"]
+
+
 def test_run_folder_contents(tmp_path):
     cfg = tiny_config(epochs=1)
     Search(cfg, tmp_path, progress=False).run()
@@ -60,6 +90,7 @@ def test_run_folder_contents(tmp_path):
     for key in ("epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "genotype",
                 "arch_batch_loss", "edge_weights"):
         assert key in record
+    assert "tau" not in record and "nb201" not in record  # softmax on DARTS: no schedule, no benchmark
     assert record["lr"] == 0.025
     weights = record["edge_weights"]["normal"]["2<-0"]
     assert list(weights) == list(cfg.supernet.ops) and abs(sum(weights.values()) - 1) < 1e-4
@@ -70,6 +101,11 @@ def test_run_folder_contents(tmp_path):
 
 def test_resume_refuses_another_config_and_reuse_of_folder(tmp_path):
     Search(tiny_config(epochs=1), tmp_path, progress=False).run()
+    # a checkpoint from before a config key existed (here the gumbel section) resumes: the key is at its default
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["config"]["gumbel"], state["format"]
+    save_checkpoint(state, tmp_path / "checkpoint.pt")
+    assert Search(tiny_config(epochs=1), tmp_path, resume=True, progress=False).epoch == 1
     with pytest.raises(GradnasError, match="another config .*lambda"):
         Search(tiny_config(epochs=1, lam=0.5), tmp_path, resume=True, progress=False)
     with pytest.raises(GradnasError, match="already holds a search"):
@@ -92,7 +128,23 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
     cfg = SearchConfig.from_dict(load_yaml(name))
-    assert cfg.space == "darts"
+    assert cfg.space == ("nb201" if name.startswith("nb201") else "darts")
+
+
+def test_nb201_paper_configs():
+    cfg = SearchConfig.from_dict(load_yaml("nb201-single-level-sigmoid"))  # single-level paper, 4.2.1
+    assert (cfg.method, cfg.relax, cfg.epochs, cfg.batch_size) == ("single-level", "sigmoid", 50, 64)
+    assert (cfg.w_optim.lr, cfg.w_optim.momentum, cfg.w_optim.weight_decay) == (0.005, 0.9, 3e-4)
+    assert (cfg.arch_optim.lr, cfg.arch_optim.betas, cfg.arch_optim.weight_decay) == (3e-4, (0.5, 0.999), 0.0)
+    assert (cfg.nb201.cells_per_stage, cfg.nb201.channels) == (5, 16)
+    model = build_supernet(cfg.space, cfg.space_config, cfg.relax, in_channels=3, num_classes=10)
+    assert torch.allclose(torch.sigmoid(model.alpha), torch.full((6, 5), 0.2))  # alpha = -ln(4)
+    cfg = SearchConfig.from_dict(load_yaml("nb201-gdas"))
+    assert (cfg.method, cfg.order, cfg.relax, cfg.gumbel.tau_max, cfg.gumbel.tau_min) == ("darts", 1, "gumbel", 10, 0.1)
+    w_optim, a_optim, _ = build_optimizers(cfg, build_supernet("nb201", NB201SpaceConfig(cells_per_stage=1, channels=2),
+                                                                "gumbel", in_channels=3, num_classes=10))
+    assert w_optim.defaults["nesterov"] and w_optim.defaults["weight_decay"] == 5e-4
+    assert a_optim.defaults["weight_decay"] == 1e-3
 
 
 def test_paper_defaults():

@@ -42,9 +42,9 @@ def test_search_ops_have_no_affine_bn_and_no_none_module():
             assert "none" not in edge  # `none` is never built or run in the supernet
 
 
-def _reference_cell(cell, s0, s1, weights, ops):
-    """Naive DARTS mixed op: every op on every edge computed on its own, `none` as explicit zeros,
-    a separate ReLU per conv op and a separate pool + affine-free BN per edge."""
+def _reference_cell(cell, s0, s1, weights, active, ops):
+    """Naive DARTS mixed op: every op (or every sampled op) on every edge computed on its own, `none` as
+    explicit zeros, a separate ReLU per conv op and a separate pool + affine-free BN per edge."""
     states = [cell.pre0(s0), cell.pre1(s1)]
     row = 0
     for i in range(cell.nodes):
@@ -52,6 +52,8 @@ def _reference_cell(cell, s0, s1, weights, ops):
         for j in range(i + 2):
             stride = 2 if cell.reduction and j < 2 else 1
             for k, name in enumerate(ops):
+                if active is not None and k not in active[row]:
+                    continue
                 x = states[j]
                 if name == "none":
                     out = OPS["none"](x.shape[1], stride, False)(x)
@@ -65,18 +67,25 @@ def _reference_cell(cell, s0, s1, weights, ops):
     return torch.cat(states[2:], 1)
 
 
+def _reseed(model):
+    """Restart the relaxation's per-epoch random stream, so the next forward pass samples what the last did."""
+    model.relaxation.start_epoch(epoch=1, epochs=3, seed=0)
+
+
 @pytest.mark.parametrize("relax", sorted(RELAXATIONS))
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_supernet_equals_naive_mixed_ops(relax, channels_last):
     model = tiny_supernet(relax, cells=3, nodes=3, channels_last=channels_last, dtype=torch.float64)
     x, y = batch(4, 3, 8, dtype=torch.float64)
+    _reseed(model)
     fast = model(x)
 
     def reference(x):
-        wn, wr = model.op_weights()
+        _reseed(model)
+        (wn, an), (wr, ar) = (model.relaxation.forward_weights(a, training=True) for a in model.arch_parameters())
         s0 = s1 = model.stem(x)
         for cell in model.cells:
-            s0, s1 = s1, _reference_cell(cell, s0, s1, wr if cell.reduction else wn, model.cfg.ops)
+            s0, s1 = s1, _reference_cell(cell, s0, s1, *((wr, ar) if cell.reduction else (wn, an)), model.cfg.ops)
         return model.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
     slow = reference(x)
@@ -88,6 +97,12 @@ def test_supernet_equals_naive_mixed_ops(relax, channels_last):
         assert torch.allclose(a, b, atol=1e-10), (a - b).abs().max()
     if relax == "softmax":
         assert g_fast[0][:, 0].abs().sum() > 0  # none's alpha still learns through the softmax
+    if model.relaxation.name == "gumbel":  # straight-through: every alpha of an edge that ran an op learns
+        _reseed(model)
+        for g, (_, active) in zip(g_fast, (model.relaxation.forward_weights(a, training=True)
+                                           for a in model.arch_parameters())):
+            ran = [row for row, (k,) in enumerate(active) if model.cfg.ops[k] != "none"]
+            assert ran and (g[ran] != 0).all()
 
 
 @pytest.mark.parametrize("k", [3, 5])
@@ -129,7 +144,7 @@ def test_relaxations():
     assert torch.allclose(a, torch.full((14, 8), -math.log(7)))
     assert torch.allclose(sig.weights(a), torch.full((14, 8), 1 / 8))
     assert sig.default_arch_weight_decay == 0.0 and soft.default_arch_weight_decay == 1e-3
-    with pytest.raises(GradnasError, match="valid: sigmoid, softmax"):
+    with pytest.raises(GradnasError, match="valid: gumbel, sigmoid, softmax"):
         make_relaxation("gumbel-typo")
 
 
@@ -173,6 +188,12 @@ def test_depthwise_pointwise_recompute_gradients(dilation, stride, channels_last
     ref = F.conv2d(F.conv2d(x, dw, stride=stride, padding=dilation, dilation=dilation, groups=3), pw)
     assert torch.allclose(out, ref, atol=1e-12)
     assert torch.allclose(gx, torch.autograd.grad(ref.sum(), (x,))[0], atol=1e-12)
+    # input gradient only (an alpha-only pass: no weight needs a gradient)
+    dw.requires_grad_(False)
+    upstream = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    gx, = torch.autograd.grad(_DepthwisePointwise.apply(x, dw, pw, stride, dilation), (x,), upstream)
+    ref = F.conv2d(F.conv2d(x, dw, stride=stride, padding=dilation, dilation=dilation, groups=3), pw)
+    assert torch.allclose(gx, torch.autograd.grad(ref, (x,), upstream)[0], atol=1e-12)
 
 
 def test_scaled_batch_norm_matches_scale_times_bn():

@@ -1,4 +1,5 @@
-"""`gradnas bench`: seconds per search step of each method on random data with the real supernet.
+"""`gradnas bench`: seconds per search step of each method on random data with the real supernet of a space
+(darts or nb201) and a relaxation (softmax, sigmoid or gumbel).
 
 Each method runs in a fresh process, so its peak memory is its own: peak RSS of that process on CPU
 (it includes the ~0.3 GB of Python + torch), max allocated memory on CUDA. The first steps are warm-up
@@ -19,9 +20,9 @@ import torch.nn.functional as F
 from gradnas.config import SearchConfig
 from gradnas.errors import GradnasError
 from gradnas.search.loop import build_optimizers
+from gradnas.relax import make_relaxation
 from gradnas.search.methods import METHODS, make_method
-from gradnas.space import build_supernet
-from gradnas.space.darts import DartsSpaceConfig
+from gradnas.space import build_supernet, get_space
 
 # "forward-backward" is the plain baseline the issue's figures start from: one pass, all gradients.
 BASELINE = "forward-backward"
@@ -31,7 +32,8 @@ def _bench_one(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     relax = spec.get("relax", "softmax")
-    model = build_supernet("darts", DartsSpaceConfig(cells=spec["cells"], channels=spec["channels"]), relax,
+    space = spec.get("space", "darts")
+    model = build_supernet(space, space_config(space, cells=spec["cells"], channels=spec["channels"]), relax,
                            in_channels=3, num_classes=10, seed=0).to(device)
     g = torch.Generator().manual_seed(0)
 
@@ -72,8 +74,21 @@ def _bench_one(spec: dict) -> dict:
             "images_per_sec": spec["batch"] / sec, "peak_memory_gb": peak_gb, "peak_memory_kind": peak_kind}
 
 
-def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, device: str = "cpu", cells: int = 8,
-              channels: int = 16, size: int = 32, threads: int | None = None, progress=print) -> dict:
+def space_config(space: str, *, cells: int | None, channels: int):
+    """The space's config with `cells` (darts: cells; nb201: cells per stage; None: the default) and `channels`."""
+    if space == "nb201":
+        kw = {"cells_per_stage": cells} if cells is not None else {}
+    else:
+        kw = {"cells": cells} if cells is not None else {}
+    return get_space(space).config(channels=channels, **kw)
+
+
+def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, device: str = "cpu",
+              cells: int | None = None, channels: int = 16, size: int = 32, threads: int | None = None,
+              space: str = "darts", relax: str = "softmax", progress=print) -> dict:
+    space_cfg = space_config(space, cells=cells, channels=channels)  # bad names and sizes fail here, not in a child
+    make_relaxation(relax)
+    cells = space_cfg.cells_per_stage if space == "nb201" else space_cfg.cells
     for m in methods:
         if m != BASELINE and m.split(":")[0] not in METHODS:
             raise GradnasError(f"bench: unknown method {m!r}; valid: {BASELINE}, {', '.join(sorted(METHODS))} "
@@ -86,14 +101,15 @@ def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, devi
     for m in methods:
         name, _, order = m.partition(":")
         spec = {"method": name, "order": int(order or 1), "batch": batch, "steps": steps, "warmup": warmup,
-                "device": device, "cells": cells, "channels": channels, "size": size, "threads": threads}
+                "device": device, "cells": cells, "channels": channels, "size": size, "threads": threads,
+                "space": space, "relax": relax}
         with ctx.Pool(1) as pool:
             row = pool.apply(_bench_one, (spec,))
         progress(f"{m:18s} {row['sec_per_step']:7.2f} s/step  {row['images_per_sec']:7.1f} img/s  "
                  f"peak {row['peak_memory_gb']:.2f} GB ({row['peak_memory_kind']})")
         rows.append(row)
-    return {"settings": {"batch": batch, "steps": steps, "warmup": warmup, "device": device, "cells": cells,
-                         "channels": channels, "input": [3, size, size], "classes": 10, "threads": threads,
+    return {"settings": {"space": space, "relax": relax, "batch": batch, "steps": steps, "warmup": warmup,
+                         "device": device, "cells": cells, "channels": channels, "input": [3, size, size], "classes": 10, "threads": threads,
                          "torch": torch.__version__, "machine": platform.processor() or platform.machine()},
             "results": rows}
 

@@ -14,10 +14,14 @@ DEFAULT_CONFIG = "quick"  # what plain `gradnas search` runs: MiLeNAS-1st on Fas
 SEARCH_FLAGS = {
     "space": "space", "method": "method", "order": "order", "lam": "lambda", "relax": "relax",
     "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
-    "cells": "supernet.cells", "channels": "supernet.channels", "seed": "seed", "device": "device",
-    "threads": "threads", "xi": "xi",
+    "seed": "seed", "device": "device", "threads": "threads", "xi": "xi",
     "probe_gap": "probes.gap", "probe_grad_corr": "probes.grad_corr", "probe_dl_dp": "probes.dl_dp_edges",
     "probe_batches": "probes.batches",
+}
+# --cells / --channels set the shape of whichever space is searched.
+SPACE_FLAGS = {
+    "darts": {"cells": "supernet.cells", "channels": "supernet.channels"},
+    "nb201": {"cells": "nb201.cells_per_stage", "channels": "nb201.channels"},
 }
 
 
@@ -40,7 +44,7 @@ def _add_config_flags(p, *, grid: bool):
     p.add_argument("--config", help=f"YAML file, or the name of a shipped config ({shipped})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set w_optim.lr=0.01 (repeatable)")
-    p.add_argument("--space", help="search space (darts)")
+    p.add_argument("--space", help="search space: darts or nb201 (NAS-Bench-201)")
     if not grid:
         p.add_argument("--method", help="architecture optimizer: milenas, darts, single-level")
     p.add_argument("--order", type=int, help="1 (first order) or 2 (second order: darts, milenas; one virtual "
@@ -50,13 +54,13 @@ def _add_config_flags(p, *, grid: bool):
                        help="MiLeNAS lambda: weight of the validation term in first order, of the training term in "
                             "second order (as the paper writes each update)")
     p.add_argument("--xi", type=float, help="order 2: virtual step size (default: the current weight learning rate)")
-    p.add_argument("--relax", help="relaxation: softmax or sigmoid")
+    p.add_argument("--relax", help="relaxation: softmax, sigmoid or gumbel (GDAS sampling)")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
     p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--cells", type=int)
-    p.add_argument("--channels", type=int)
+    p.add_argument("--cells", type=int, help="darts: cells in the network; nb201: cells per stage (N)")
+    p.add_argument("--channels", type=int, help="initial channels (C)")
     if not grid:
         p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -86,12 +90,14 @@ def _bench_parser(sub):
     from gradnas.bench import BASELINE
     p = sub.add_parser("bench", help="time one search step of each method on random data",
                        description="Seconds per search step, images per second and peak memory of each method "
-                                   "with the real DARTS supernet on random 3x32x32 data, 10 classes.")
+                                   "with the real supernet of --space on random 3x32x32 data, 10 classes.")
+    p.add_argument("--space", default="darts", help="darts or nb201")
+    p.add_argument("--relax", default="softmax", help="softmax, sigmoid or gumbel")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=3, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (oneDNN builds its kernels there)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--cells", type=int, default=8)
+    p.add_argument("--cells", type=int, help="darts: cells (default 8); nb201: cells per stage (default 5)")
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--methods", default=f"{BASELINE},single-level,darts,milenas,darts:2,milenas:2",
@@ -103,27 +109,46 @@ def _bench_parser(sub):
 
 def _genotype_parser(sub):
     p = sub.add_parser("genotype", help="check a genotype against a search space and print its canonical form",
-                       description="Read a genotype (JSON file, run folder or canonical string), check that it "
-                                   "fits the space of --config/--set (node count, op list), print it.")
-    p.add_argument("genotype", help="genotype.json, a run folder, or 'normal=|...|;reduce=|...|'")
-    p.add_argument("--config", help="config whose supernet section defines the space (default: quick)")
+                       description="Read a genotype (JSON file, run folder or string), check that it fits the "
+                                   "space of --space/--config/--set (node count, op list), print it. Without "
+                                   "--space or --config the space is the genotype's own.")
+    p.add_argument("genotype", help="genotype.json, a run folder, a DARTS 'normal=|...|;reduce=|...|' or an NB-201 "
+                                    "'|op~0|+|op~0|op~1|+|op~0|op~1|op~2|' string")
+    p.add_argument("--config", help="config whose space section defines the space (default: quick)")
+    p.add_argument("--space", help="darts or nb201 (default: the config's, or without --config the genotype's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", metavar="FILE", help="also write the genotype as JSON to FILE")
     return p
 
 
+def _lookup_parser(sub):
+    p = sub.add_parser("lookup", help="NAS-Bench-201 test accuracy of a cell",
+                       description="The 200-epoch test accuracy (%%) of a NAS-Bench-201 cell on CIFAR-10, "
+                                   "CIFAR-100 and ImageNet16-120, from the benchmark table shipped with gradnas.")
+    p.add_argument("genotype", help="'|op~0|+|op~0|op~1|+|op~0|op~1|op~2|', an NB-201 genotype.json or a run folder")
+    return p
+
+
+def _read_genotype(text: str):
+    """A genotype from a string, a JSON file or a run folder (its genotype.json)."""
+    from gradnas.report.cells import read_genotype
+    return read_genotype(text)
+
+
 def cmd_genotype(args) -> int:
     from gradnas.config import SearchConfig, apply_override, load_yaml
-    from gradnas.search.loop import GENOTYPE_FILE
-    from gradnas.space.genotype import load_genotype, save_genotype
+    from gradnas.space import check_genotype
+    from gradnas.space.genotype import save_genotype
+    geno = _read_genotype(args.genotype)
     d = load_yaml(args.config or DEFAULT_CONFIG)
+    if args.space:
+        d["space"] = args.space
+    elif not args.config:
+        d["space"] = geno.space
     for assignment in args.set:
         apply_override(d, assignment)
     cfg = SearchConfig.from_dict(d)
-    source = args.genotype
-    if _is_dir(source):
-        source = Path(source) / GENOTYPE_FILE
-    geno = load_genotype(source).validate(cfg.supernet.ops, cfg.supernet.nodes)
+    geno = check_genotype(geno, cfg.space, cfg.space_config)
     print(geno.to_string())
     if args.json:
         save_genotype(geno, args.json)
@@ -138,26 +163,63 @@ def _is_dir(text: str) -> bool:
         return False
 
 
+def cmd_lookup(args) -> int:
+    from gradnas.benchmark.nb201 import lookup
+    geno = _read_genotype(args.genotype)
+    figures = lookup(geno)
+    print(geno.to_string())
+    for name, acc in figures.items():
+        print(f"{name:16s}{acc:6.2f}")
+    return 0
+
+
 def resolve_search_config(args):
-    """The resolved SearchConfig dict: shipped/default YAML, then flags, then --set."""
-    from gradnas.config import SearchConfig, load_yaml
-    return SearchConfig.from_dict(apply_cli_overrides(load_yaml(args.config or DEFAULT_CONFIG), args))
+    """The resolved SearchConfig: shipped/default YAML, then flags, then --set."""
+    from gradnas.config import load_yaml
+    return config_from_cli(load_yaml(args.config or DEFAULT_CONFIG), args)
+
+
+def config_from_cli(d: dict, args):
+    """The SearchConfig of a config dict with the command line applied (:func:`apply_cli_overrides`).
+    A --set of a key in a section the search does not read (another space's or relaxation's) is an error,
+    not a silent no-op."""
+    from gradnas.config import SearchConfig, unused_section
+    cfg = SearchConfig.from_dict(apply_cli_overrides(d, args))
+    for assignment in args.set:
+        problem = unused_section(cfg, assignment.partition("=")[0].strip())
+        if problem:
+            raise GradnasError(f"--set {assignment}: {problem}; drop it or set that section instead")
+    return cfg
 
 
 def apply_cli_overrides(d: dict, args) -> dict:
-    """Apply the flags the user gave, then each --set, to a config dict (in place)."""
+    """Apply the flags the user gave, then each --set, to a config dict (in place); --cells / --channels go
+    to the section of the space being searched."""
     from gradnas.config import apply_override
     for attr, key in SEARCH_FLAGS.items():
         value = getattr(args, attr, None)
         if value is not None:
-            *sections, last = key.split(".")
-            node = d
-            for section in sections:
-                node = node.setdefault(section, {})
-            node[last] = value
+            _assign(d, key, value)
+    space = d.get("space", "darts")
+    for assignment in args.set:  # a --set space=... decides too: --set is applied last
+        key, _, raw = assignment.partition("=")
+        if key.strip() == "space":
+            space = raw.strip()
+    for attr, key in SPACE_FLAGS.get(space, SPACE_FLAGS["darts"]).items():
+        value = getattr(args, attr)
+        if value is not None:
+            _assign(d, key, value)
     for assignment in args.set:
         apply_override(d, assignment)
     return d
+
+
+def _assign(d: dict, key: str, value) -> None:
+    *sections, last = key.split(".")
+    node = d
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[last] = value
 
 
 def cmd_search(args) -> int:
@@ -172,7 +234,7 @@ def cmd_search(args) -> int:
         saved = SearchConfig.from_dict(load_yaml(str(run_dir / CONFIG_FILE)))
         if args.config:
             raise GradnasError("--resume takes its config from the run folder; drop --config")
-        cfg = SearchConfig.from_dict(apply_cli_overrides(saved.to_dict(), args))
+        cfg = config_from_cli(saved.to_dict(), args)
         diff = resume_conflicts(saved.to_dict(), cfg.to_dict())
         if diff:
             key, old, new = diff[0]
@@ -194,6 +256,10 @@ def cmd_search(args) -> int:
         return 130
     print(f"genotype: {summary['genotype']}")
     print(f"best valid acc: {summary['best_valid_acc']:.2f}%")
+    if search.benchmark and search.benchmark[0] in summary:
+        from gradnas.benchmark import format_benchmark
+        key = search.benchmark[0]
+        print(f"{key} test acc: {format_benchmark(summary[key])}")
     print(f"run folder: {out}")
     return 0
 
@@ -203,10 +269,11 @@ def cmd_bench(args) -> int:
     from gradnas.search.loop import resolve_device
     device = str(resolve_device(args.device))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    print(f"gradnas bench: batch {args.batch}, {args.cells} cells, {args.channels} channels, device {device}",
-          file=sys.stderr)
+    print(f"gradnas bench: space {args.space}, relax {args.relax}, batch {args.batch}, "
+          f"{args.cells or 'default'} cells, {args.channels} channels, device {device}", file=sys.stderr)
     result = run_bench(methods=methods, batch=args.batch, steps=args.steps, warmup=args.warmup, device=device,
-                       cells=args.cells, channels=args.channels, threads=args.threads)
+                       cells=args.cells, channels=args.channels, threads=args.threads, space=args.space,
+                       relax=args.relax)
     write_bench(result, args.out)
     print(f"written {args.out}")
     return 0
@@ -274,9 +341,9 @@ def _print_notes(missing, warnings) -> None:
 
 
 def cmd_draw(args) -> int:
-    from gradnas.report.cells import draw_genotype, read_genotype
+    from gradnas.report.cells import draw_genotype
     from gradnas.report.report import PLOTS_DIR
-    genotype = read_genotype(args.genotype)
+    genotype = _read_genotype(args.genotype)
     out = args.out
     if out is None:
         out = Path(args.genotype) / PLOTS_DIR if _is_dir(args.genotype) else Path(".")
@@ -337,14 +404,16 @@ def build_parser():
     _search_parser(sub)
     _bench_parser(sub)
     _genotype_parser(sub)
+    _lookup_parser(sub)
     _analysis_parsers(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"search": cmd_search, "bench": cmd_bench, "genotype": cmd_genotype, "plot": cmd_plot,
-                "draw": cmd_draw, "report": cmd_report, "compare": cmd_compare, "sweep": cmd_sweep}
+    handlers = {"search": cmd_search, "bench": cmd_bench, "genotype": cmd_genotype, "lookup": cmd_lookup,
+                "plot": cmd_plot, "draw": cmd_draw, "report": cmd_report, "compare": cmd_compare,
+                "sweep": cmd_sweep}
     try:
         return handlers[args.command](args)
     except GradnasError as exc:

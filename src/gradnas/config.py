@@ -1,8 +1,10 @@
 """Frozen configuration objects for a search, loaded from YAML, CLI flags and ``--set key=value``.
 
-The tree mirrors the object tree: ``data`` -> the data pipeline, ``supernet`` -> the search space,
+The tree mirrors the object tree: ``data`` -> the data pipeline, ``supernet`` -> the DARTS search space,
+``nb201`` -> the NAS-Bench-201 space, ``gumbel`` -> the Gumbel relaxation's temperature schedule,
 ``w_optim`` / ``arch_optim`` -> the two optimizers, ``probes`` -> the optional per-epoch measurements
 (gradnas.search.probes), and the top level -> the search method and loop.
+A config may hold the sections of every space and relaxation; ``space`` and ``relax`` pick the one used.
 Unknown keys are rejected with the list of valid ones; values are parsed as YAML data, never code.
 Defaults are the papers' CIFAR-10 search settings (DARTS / MiLeNAS: 50 epochs, batch 64, 8 cells,
 16 channels, SGD 0.025 cosine to 0.001, Adam 3e-4 for alpha).
@@ -18,8 +20,11 @@ from typing import Any
 import yaml
 
 from gradnas.errors import GradnasError
+from gradnas.relax import RELAXATIONS, GumbelConfig
 from gradnas.search.probes import ProbeConfig
+from gradnas.space import SPACES, get_space
 from gradnas.space.darts import DartsSpaceConfig
+from gradnas.space.nb201 import NB201SpaceConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -43,6 +48,7 @@ class WeightOptimConfig:
     momentum: float = 0.9
     weight_decay: float = 3e-4
     grad_clip: float = 5.0               # max norm of the weight gradient; 0 = no clipping
+    nesterov: bool = False               # Nesterov momentum (GDAS uses it)
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class SearchConfig:
     threads: int | None = None           # CPU threads; None = torch's default (all cores)
     data: DataConfig = field(default_factory=DataConfig)
     supernet: DartsSpaceConfig = field(default_factory=DartsSpaceConfig)
+    nb201: NB201SpaceConfig = field(default_factory=NB201SpaceConfig)
+    gumbel: GumbelConfig = field(default_factory=GumbelConfig)
     w_optim: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch_optim: ArchOptimConfig = field(default_factory=ArchOptimConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
@@ -91,10 +99,22 @@ class SearchConfig:
             (self.w_optim.lr > 0 and self.arch_optim.lr >= 0, "learning rates must be positive"),
             (self.w_optim.lr_min >= 0 and self.w_optim.grad_clip >= 0, "w_optim.lr_min and grad_clip must be >= 0"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+            (not self.w_optim.nesterov or self.w_optim.momentum > 0, "w_optim.nesterov needs w_optim.momentum > 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise GradnasError(f"config: {message}")
+
+    @property
+    def space_config(self):
+        """The config section of the chosen space (``supernet`` for darts, ``nb201`` for nb201)."""
+        return getattr(self, get_space(self.space).section)
+
+    @property
+    def relax_config(self):
+        """The config section of the chosen relaxation (``gumbel``), or None if it has no settings."""
+        cls = RELAXATIONS.get(self.relax)
+        return getattr(self, RELAX_SECTIONS[self.relax]) if cls is not None and cls.config_class else None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -112,8 +132,10 @@ class SearchConfig:
 
 
 # Sections and their classes, for parsing and for the --set help.
-_SECTIONS = {"data": DataConfig, "supernet": DartsSpaceConfig, "w_optim": WeightOptimConfig,
-             "arch_optim": ArchOptimConfig, "probes": ProbeConfig}
+_SECTIONS = {"data": DataConfig, "supernet": DartsSpaceConfig, "nb201": NB201SpaceConfig, "gumbel": GumbelConfig,
+             "w_optim": WeightOptimConfig, "arch_optim": ArchOptimConfig, "probes": ProbeConfig}
+# Sections that configure one relaxation, by relaxation name.
+RELAX_SECTIONS = {"gumbel": "gumbel"}
 _ALIASES = {"lambda": "lam"}
 
 
@@ -207,6 +229,20 @@ def apply_override(d: dict, assignment: str) -> None:
         if not isinstance(node, dict):
             raise GradnasError(f"--set {assignment!r}: {p!r} is not a section")
     node[parts[-1]] = value
+
+
+def unused_section(cfg: SearchConfig, key: str) -> str | None:
+    """If the dotted ``key`` lies in a section that ``cfg``'s space or relaxation does not read, a message
+    saying so and naming the section that is read instead; None otherwise."""
+    section = key.split(".", 1)[0]
+    space_sections = {spec.section: name for name, spec in SPACES.items()}
+    if section in space_sections and section != get_space(cfg.space).section:
+        return (f"{key} configures the {space_sections[section]} space, but this search uses space {cfg.space!r} "
+                f"(configured by the {get_space(cfg.space).section!r} section)")
+    relax_sections = {sec: name for name, sec in RELAX_SECTIONS.items()}
+    if section in relax_sections and section != RELAX_SECTIONS.get(cfg.relax):
+        return f"{key} configures the {relax_sections[section]} relaxation, but this search uses relax {cfg.relax!r}"
+    return None
 
 
 # What a resumed search may change: where it runs, not what it computes.

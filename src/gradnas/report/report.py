@@ -89,9 +89,9 @@ def write_report(run_dir) -> tuple[Path, list, list]:
               "not the size of an evaluation network, which gradnas does not build yet.\n")
 
     md.append("\n## Cells\n")
-    cell_images = [image(f"cell-{kind}.png", f"{kind} cell") for kind in ("normal", "reduce")]
-    if any(cell_images):
-        md += [c for c in cell_images if c]
+    cell_images = [image(p.name, p.stem.replace("cell-", "") + " cell") for p in paths if p.name.startswith("cell-")]
+    if cell_images:
+        md += cell_images
     else:
         md.append("No cell diagrams: " + ("; ".join(warnings) or "no genotype recorded") + "\n")
 

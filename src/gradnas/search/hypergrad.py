@@ -60,17 +60,26 @@ class Functional:
         self.sync = sync
 
     def _grad(self, loss, inputs):
-        grads = list(torch.autograd.grad(loss, inputs))
+        # Weights of ops a sampled (Gumbel) forward pass did not run get an exact zero gradient.
+        grads = list(torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=True))
         if self.sync is not None:
             self.sync(grads)
         return grads
 
     @contextmanager
     def _isolated(self):
-        """Keep the real step's random stream as it was (dropout, Gumbel noise...)."""
+        """Keep the real step's random streams as they were: the global one and the relaxation's own
+        generator (Gumbel noise). Every virtual pass therefore sees the draws the real step will see: the
+        hypergradient is taken for the very architecture sample the weights then train."""
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-        with torch.random.fork_rng(devices=devices):
-            yield
+        generator = getattr(getattr(self.model, "relaxation", None), "generator", None)
+        saved = generator.get_state() if generator is not None else None
+        try:
+            with torch.random.fork_rng(devices=devices):
+                yield
+        finally:
+            if generator is not None:
+                generator.set_state(saved)
 
     def forward(self, weights: Sequence[torch.Tensor], batch: Batch):
         x, y = batch

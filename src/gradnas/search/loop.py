@@ -3,7 +3,10 @@
 Per epoch: paired (weight batch, architecture batch) steps through the method, a cosine step of the
 weight learning rate, validation of the supernet on the architecture half, the derived genotype, one
 line in metrics.jsonl and an atomic checkpoint. Batches and augmentation depend only on (seed, epoch),
-so a run resumed from the checkpoint of epoch k continues exactly as if it had never stopped.
+and so does a sampling relaxation's noise (re-seeded by ``start_epoch``), so a run resumed from the
+checkpoint of epoch k continues exactly as if it had never stopped. A relaxation with a schedule records
+it (gumbel: ``tau``); a space with a tabular benchmark records the figures of each derived cell (nb201:
+``nb201`` = {"cifar10", "cifar100", "imagenet16-120"} test accuracy %, every epoch and in the summary).
 
 Run folder: config.yaml (resolved), split.json, metrics.jsonl, checkpoint.pt, genotype.json,
 summary.json (when finished).
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
+from gradnas.benchmark import benchmark_for, format_benchmark
 from gradnas.checkpoint import load_checkpoint, save_checkpoint
 from gradnas.config import SearchConfig, resume_conflicts
 from gradnas.data import Augment, PairedBatches, SearchSplit, iterate_batches, load_dataset, make_search_split
@@ -59,7 +63,7 @@ def check_names(cfg: SearchConfig) -> None:
 
 def build_optimizers(cfg: SearchConfig, model):
     w_optim = torch.optim.SGD(model.weight_parameters(), lr=cfg.w_optim.lr, momentum=cfg.w_optim.momentum,
-                              weight_decay=cfg.w_optim.weight_decay)
+                              weight_decay=cfg.w_optim.weight_decay, nesterov=cfg.w_optim.nesterov)
     a_wd = cfg.arch_optim.weight_decay
     if a_wd is None:
         a_wd = model.relaxation.default_arch_weight_decay
@@ -112,8 +116,11 @@ class Search:
                                      augment=self.augment, device=self.device, seed=cfg.seed)
         self.val_x, self.val_y = data.train_x[self.split.arch_idx], data.train_y[self.split.arch_idx]
 
-        self.model = build_supernet(cfg.space, cfg.supernet, cfg.relax, in_channels=data.channels,
-                                    num_classes=data.num_classes, seed=cfg.seed).to(self.device)
+        self.model = build_supernet(cfg.space, cfg.space_config, make_relaxation(cfg.relax, cfg.relax_config),
+                                    in_channels=data.channels, num_classes=data.num_classes,
+                                    seed=cfg.seed).to(self.device)
+        # (key, lookup) of the space's tabular benchmark, or None: its figures for each derived cell
+        self.benchmark = benchmark_for(cfg.space)
         self.w_optim, self.a_optim, self.scheduler = build_optimizers(cfg, self.model)
         self.method = make_method(cfg.method, self.model, w_optim=self.w_optim, a_optim=self.a_optim,
                                   grad_clip=cfg.w_optim.grad_clip, order=cfg.order, lam=cfg.lam, xi=cfg.xi,
@@ -159,7 +166,8 @@ class Search:
         }
 
     def _load(self, state: dict) -> None:
-        diff = resume_conflicts(state["config"], self.cfg.to_dict())
+        # Read back through SearchConfig: a key the checkpoint's gradnas did not have yet means its default.
+        diff = resume_conflicts(SearchConfig.from_dict(state["config"]).to_dict(), self.cfg.to_dict())
         if diff:
             key, saved, now = diff[0]
             raise GradnasError(f"the checkpoint in {self.out} was written with another config ({key}: {saved!r} "
@@ -191,6 +199,7 @@ class Search:
                 break
             t0 = time.time()
             lr = self.scheduler.get_last_lr()[0]
+            relax_record = self.model.relaxation.start_epoch(epoch=epoch, epochs=cfg.epochs, seed=cfg.seed)
             self.model.train()
             sums = {}
             bar = tqdm(self.batches.epoch(epoch), total=steps, disable=not self.progress, leave=False,
@@ -223,8 +232,11 @@ class Search:
                 "valid_loss": valid_loss,
                 "valid_acc": valid_acc,
                 "genotype": genotype.to_string(),
+                **relax_record,
                 "epoch_time": time.time() - t0,
             }
+            if self.benchmark:
+                record[self.benchmark[0]] = self.benchmark[1](genotype)
             if "val_n" in sums:  # running figures on the architecture batches, as the method saw them
                 record["arch_batch_loss"] = sums["val_loss"] / sums["val_n"]
                 record["arch_batch_acc"] = 100.0 * sums["val_correct"] / sums["val_n"]
@@ -235,11 +247,16 @@ class Search:
             save_genotype(genotype, self.out / GENOTYPE_FILE)
             save_checkpoint(self.state_dict(), self.out / CHECKPOINT_FILE)
             if self.progress:
+                bench = (f"  {self.benchmark[0]} {format_benchmark(record[self.benchmark[0]])}"
+                         if self.benchmark else "")
                 tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {record['train_acc']:.2f}  "
-                           f"valid acc {valid_acc:.2f}  {genotype}")
+                           f"valid acc {valid_acc:.2f}  {genotype}{bench}")
+        final = self.model.genotype()
         summary = {"epochs_done": self.epoch, "finished": self.epoch >= cfg.epochs,
-                   "genotype": self.model.genotype().to_string(), "best_valid_acc": self.best_valid_acc,
+                   "genotype": final.to_string(), "best_valid_acc": self.best_valid_acc,
                    "run_dir": str(self.out)}
+        if self.benchmark:
+            summary[self.benchmark[0]] = self.benchmark[1](final)
         if summary["finished"]:
             _write_json(self.out / SUMMARY_FILE, summary)
         return summary

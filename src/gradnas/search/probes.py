@@ -265,9 +265,9 @@ class Probes:
             # This cell gets its own copy of p as a leaf, so dL/dp is this cell's share of the gradient
             # (alpha is shared by all cells of a kind; the shared dL/dp is the sum over them).
             def pre_hook(module, args):
-                s0, s1, w = args
+                s0, s1, w, *rest = args  # rest: a sampling relaxation's active ops
                 leaves[cell_index] = w.detach().requires_grad_(True)
-                return s0, s1, leaves[cell_index]
+                return (s0, s1, leaves[cell_index], *rest)
             return pre_hook
 
         cells = self.model.cells

@@ -12,6 +12,8 @@ The supernet computes exactly sum_k p_k o_k(x) on every edge; it only avoids rep
 * the ReLU that starts every conv op is applied once per node output, not once per op;
 * pooling (+ its affine-free BN) depends only on the source node and the stride, which depends only on
   the source node, so it is computed once per source node and shared by all edges leaving it.
+
+A sampling relaxation (gumbel) names the ops to compute per edge; the others are not run at all.
 """
 from __future__ import annotations
 
@@ -89,7 +91,8 @@ class SearchCell(nn.Module):
         # Optional observer of every intermediate node, on_node(node index, tensor); probes set it.
         self.on_node = None
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
+        """``active``: per edge the op columns to compute (a sampling relaxation), None for all."""
         states = [self.pre0(s0), self.pre1(s1)]
         relu_cache: dict = {}
         pool_cache: dict = {}
@@ -116,7 +119,7 @@ class SearchCell(nn.Module):
             node = None
             for j in range(target):
                 w = weights[row]
-                for name in self.ops:
+                for name in (self.ops if active is None else [self.ops[k] for k in active[row]]):
                     if name == "none":
                         continue
                     wk = w[self.col[name]]
@@ -132,6 +135,10 @@ class SearchCell(nn.Module):
                     # A running sum frees each term at once; plain adds keep nothing for backward.
                     node = term if node is None else node + term
                 row += 1
+            if node is None:  # every edge sampled `none`: the node is exactly zero
+                stride = 2 if self.reduction else 1
+                n, c, h, w_ = states[1].shape
+                node = states[1].new_zeros(n, c, -(-h // stride), -(-w_ // stride))
             if self.on_node is not None:
                 self.on_node(target, node)
             states.append(node)
@@ -183,12 +190,15 @@ class DartsSupernet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        w_normal, w_reduce = self.op_weights()
+        normal, reduce = (self.relaxation.forward_weights(a, training=self.training) for a in self.arch_parameters())
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+            s0, s1 = s1, cell(s0, s1, *(reduce if cell.reduction else normal))
         out = F.adaptive_avg_pool2d(s1, 1).flatten(1)
-        return self.classifier(out)
+        logits = self.classifier(out)
+        if normal[1] is not None:  # sampled ops: see NB201Supernet.forward
+            logits = logits + 0.0 * (normal[0].sum() + reduce[0].sum())
+        return logits
 
     @torch.no_grad()
     def genotype(self) -> Genotype:

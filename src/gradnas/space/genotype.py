@@ -1,4 +1,10 @@
-"""Discrete cells of the DARTS space: derivation from relaxed weights, one canonical string, JSON.
+"""Discrete cells: derivation from relaxed weights, one canonical string, JSON; one class per space.
+
+:class:`Genotype` is a DARTS-space cell pair, :class:`NB201Genotype` a NAS-Bench-201 cell. Both carry
+``space``, write ``to_string()`` / ``to_dict()``, and :func:`load_genotype` reads either back from a
+string or a JSON file (dispatching on the file's ``space`` field).
+
+DARTS space:
 
 A cell with ``steps`` intermediate nodes numbers its nodes 0, 1 (the two inputs) and 2 .. steps+1.
 Each intermediate node keeps two incoming edges ``(op, input node)``. The canonical string writes a
@@ -7,6 +13,11 @@ cell as node groups in the NAS-Bench-201 style, inputs sorted within a node, e.g
     normal=|sep_conv_3x3~0|sep_conv_3x3~1|+|skip_connect~0|sep_conv_3x3~1|+...;reduce=|...|
 
 so two genotypes are equal exactly when their strings are, and the string can key a table.
+
+NAS-Bench-201: nodes 0 (the cell input) .. 3 (the output); node i reads every earlier node through one
+op, written in the benchmark's own form ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``, which is also the key
+of its accuracy table.
+
 Nothing here is ever evaluated as code.
 """
 from __future__ import annotations
@@ -15,9 +26,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from gradnas.errors import GradnasError
+from gradnas.space.ops import NB201_OPS
 
 FORMAT = "gradnas.genotype/1"
 
@@ -143,27 +155,148 @@ def derive_genotype(normal_weights, reduce_weights, ops: Sequence[str], steps: i
     return Genotype(derive_cell(normal_weights, ops, steps), concat, derive_cell(reduce_weights, ops, steps), concat)
 
 
-def save_genotype(genotype: Genotype, path: str | os.PathLike) -> None:
+NB201_NODES = 4  # node 0 is the cell input, node 3 its output
+NB201_FORM = "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|"
+
+
+@dataclass(frozen=True)
+class NB201Genotype:
+    """A NAS-Bench-201 cell: ``nodes[i - 1]`` holds the (op, input) pairs of node i, inputs 0 .. i-1 in order.
+
+    Every instance is a cell of the space (checked at construction), so its string is always a key of
+    the benchmark table. ``none`` is a valid op here: the benchmark includes cells with zeroed edges.
+    """
+
+    nodes: tuple
+    space: ClassVar[str] = "nb201"
+
+    def __post_init__(self):
+        try:
+            nodes = tuple(tuple(sorted(((str(op), int(j)) for op, j in node), key=lambda e: e[1]))
+                          for node in self.nodes)
+        except (TypeError, ValueError):
+            raise GradnasError(f"an NB-201 cell is a list of nodes of (op, input) pairs, got {self.nodes!r}") from None
+        if len(nodes) != NB201_NODES - 1:
+            raise GradnasError(f"an NB-201 cell has {NB201_NODES - 1} nodes after its input, got {len(nodes)}; "
+                               f"expected {NB201_FORM}")
+        for i, node in enumerate(nodes, start=1):
+            if [j for _, j in node] != list(range(i)):
+                raise GradnasError(f"NB-201 cell node {i} must read each of nodes 0..{i - 1} once, got inputs "
+                                   f"{[j for _, j in node]}; expected {NB201_FORM}")
+            for op, _ in node:
+                if op not in NB201_OPS:
+                    raise GradnasError(f"NB-201 cell node {i}: op {op!r} is not in the space; valid ops: "
+                                       f"{', '.join(NB201_OPS)}")
+        object.__setattr__(self, "nodes", nodes)
+
+    def edges(self) -> list:
+        """((target, source), op) per edge, in alpha-row order (1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2)."""
+        return [((i, j), op) for i, node in enumerate(self.nodes, start=1) for op, j in node]
+
+    def to_string(self) -> str:
+        return "+".join("|" + "|".join(f"{op}~{j}" for op, j in node) + "|" for node in self.nodes)
+
+    __str__ = to_string
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "space": self.space, "string": self.to_string(),
+                "nodes": [[[op, j] for op, j in node] for node in self.nodes]}
+
+    @classmethod
+    def from_string(cls, text: str) -> "NB201Genotype":
+        """Parse the benchmark's string form, e.g. ``|nor_conv_3x3~0|+|skip_connect~0|none~1|+|...|``."""
+        text = str(text).strip()
+        nodes = []
+        for part in text.split("+"):
+            if not (len(part) >= 2 and part.startswith("|") and part.endswith("|")):
+                raise GradnasError(f"{text!r} is not an NB-201 cell string: node {part!r} must look like "
+                                   f"|op~0|op~1|; expected {NB201_FORM}")
+            node = []
+            for item in part[1:-1].split("|"):
+                op, _, j = item.partition("~")
+                if not j.isdigit():
+                    raise GradnasError(f"{text!r} is not an NB-201 cell string: edge {item!r} must look like "
+                                       f"op~input; expected {NB201_FORM}")
+                node.append((op, int(j)))
+            nodes.append(tuple(node))
+        return cls(tuple(nodes))
+
+    @classmethod
+    def from_weights(cls, weights: Sequence[Sequence[float]], ops: Sequence[str] = NB201_OPS) -> "NB201Genotype":
+        """Derivation (NAS-Bench-201): the strongest op of every edge, ``none`` included; ties go to the lower
+        op index. ``weights`` rows are the edges in alpha-row order (see :meth:`edges`)."""
+        rows = [list(map(float, r)) for r in weights]
+        if len(rows) != NB201_NODES * (NB201_NODES - 1) // 2:
+            raise GradnasError(f"NB-201 derivation needs 6 edge rows, got {len(rows)}")
+        best = [ops[max(range(len(r)), key=lambda k: (r[k], -k))] for r in rows]
+        it = iter(best)
+        return cls(tuple(tuple((next(it), j) for j in range(i)) for i in range(1, NB201_NODES)))
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "genotype") -> "NB201Genotype":
+        if "nodes" not in d and "string" not in d:
+            raise GradnasError(f"{source}: a genotype of space 'nb201' needs 'nodes' (or 'string'), found keys "
+                               f"{sorted(d)}")
+        if "nodes" in d:
+            value = d["nodes"]
+            ok = isinstance(value, list) and all(
+                isinstance(n, list) and all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+                                            and isinstance(e[1], int) and not isinstance(e[1], bool) for e in n)
+                for n in value)
+            if not ok:
+                raise GradnasError(f"{source}: 'nodes' must be a list of nodes, each a list of [op name, input] "
+                                   "pairs")
+            geno = cls(tuple(tuple((op, j) for op, j in n) for n in value))
+            if "string" in d and d["string"] != geno.to_string():
+                raise GradnasError(f"{source}: the 'string' field does not match 'nodes'; the file was edited "
+                                   "inconsistently. Remove 'string' or fix 'nodes'.")
+            return geno
+        if not isinstance(d["string"], str):
+            raise GradnasError(f"{source}: 'string' must be a string like {NB201_FORM}")
+        return cls.from_string(d["string"])
+
+
+# JSON readers by the `space` field of a genotype file.
+GENOTYPES = {"darts": Genotype, "nb201": NB201Genotype}
+
+
+def genotype_from_dict(d, *, source: str = "genotype"):
+    """A genotype of any space from its JSON object (``space`` picks the class; absent means darts)."""
+    if not isinstance(d, dict):
+        raise GradnasError(f"{source}: expected a JSON object with a genotype, got {type(d).__name__}")
+    if d.get("format", FORMAT) != FORMAT:
+        raise GradnasError(f"{source}: unknown genotype format {d.get('format')!r}; expected {FORMAT!r}")
+    space = d.get("space", "darts")
+    if space not in GENOTYPES:
+        raise GradnasError(f"{source}: genotype of unknown space {space!r}; valid spaces: {', '.join(GENOTYPES)}")
+    return GENOTYPES[space].from_dict(d, source=source)
+
+
+def save_genotype(genotype, path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(genotype.to_dict(), indent=2) + "\n")
     os.replace(tmp, path)
 
 
-def load_genotype(source: str | os.PathLike) -> Genotype:
-    """A genotype from a JSON file or a canonical string. Parsed as data, never evaluated."""
+def load_genotype(source: str | os.PathLike):
+    """A genotype of any space from a JSON file or a string (DARTS ``normal=|...|;reduce=|...|``, NB-201
+    ``|op~0|+|...|``). Parsed as data, never evaluated."""
     text = str(source)
     if text.lstrip().startswith("normal="):
         return Genotype.from_string(text)
+    if text.lstrip().startswith("|"):
+        return NB201Genotype.from_string(text)
     path = Path(text)
     if not path.is_file():
-        raise GradnasError(f"genotype {text!r} is neither a file nor a genotype string ('normal=|...|;reduce=|...|')")
+        raise GradnasError(f"genotype {text!r} is neither a file nor a genotype string (DARTS "
+                           f"'normal=|...|;reduce=|...|' or NB-201 '{NB201_FORM}')")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GradnasError(f"genotype file {path} is not valid JSON ({exc}); write it with `gradnas search` or "
                            "Genotype.to_dict()") from None
-    return Genotype.from_dict(data, source=str(path))
+    return genotype_from_dict(data, source=str(path))
 
 
 # ---- helpers -----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Candidate operations of the DARTS cell space (MiLeNAS supplementary A.1), defined once.
+"""Candidate operations of the DARTS cell space (MiLeNAS supplementary A.1) and of NAS-Bench-201, defined once.
 
-The supernet and the evaluation network both build their edges from ``OPS``. Search networks use
-BatchNorm without affine parameters (``affine=False``), evaluation networks with them.
+The supernets and the evaluation networks of both spaces build their edges from ``OPS``. Search networks
+use BatchNorm without affine parameters (``affine=False``), evaluation networks with them. NAS-Bench-201's
+residual reduction block (:class:`ResNetBlock`) is here too.
 
 Two things here are about speed on CPU, not about the math (see ../shared/notes/cpu-supernet-profile.md):
 
@@ -33,9 +34,13 @@ DARTS_OPS = (
     "dil_conv_3x3",
     "dil_conv_5x5",
 )
-# Ops without learnable weights: the single-level paper's "non-learnable" operations.
+# NAS-Bench-201's five ops, in the benchmark's order (Dong & Yang 2020; single-level paper 4.1.1).
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+# Ops without learnable weights: the single-level paper's "non-learnable" operations. At stride 1 their
+# output depends only on the input, so a supernet may compute them once per source node.
 PARAMETER_FREE_OPS = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"})
-CONV_OPS = frozenset({"sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"})
+CONV_OPS = frozenset({"sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "nor_conv_1x1",
+                      "nor_conv_3x3"})
 
 
 def polyphase_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
@@ -112,6 +117,15 @@ class _DepthwisePointwise(torch.autograd.Function):
     def backward(ctx, grad):
         x, dw_weight, pw_weight = ctx.saved_tensors
         need_x, need_dw, need_pw = ctx.needs_input_grad[:3]
+        if need_x and not (need_dw or need_pw) and ctx.dilation == 1:
+            # Only the input gradient (an alpha-only pass): both are transposed convolutions that need no
+            # activation, so the depthwise output is not recomputed. 1x1 conv: grad_t = W_pw^T grad.
+            grad_t = F.conv2d(grad, pw_weight.transpose(0, 1))
+            k = dw_weight.shape[-1]
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_t, x, dw_weight, None, [ctx.stride] * 2, [(k - 1) // 2] * 2, [1, 1], False, [0, 0],
+                dw_weight.shape[0], [True, False, False])[0]
+            return grad_x, None, None, None, None
         with torch.enable_grad():
             xd = x.detach().requires_grad_(need_x)
             dwd = dw_weight.detach().requires_grad_(need_dw)
@@ -158,15 +172,36 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor |
 
 
 class ReLUConvBN(nn.Module):
-    """ReLU -> conv -> BN: the preprocessing of cell inputs."""
+    """ReLU -> conv -> BN: the preprocessing of DARTS cell inputs and NAS-Bench-201's nor_conv ops."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel_size, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
-    def forward(self, x: torch.Tensor, pre_activated: bool = False) -> torch.Tensor:
-        return self.bn(self.conv(x if pre_activated else F.relu(x)))
+    def forward(self, x: torch.Tensor, pre_activated: bool = False, scale: torch.Tensor | None = None) -> torch.Tensor:
+        return scaled_batch_norm(self.bn, self.conv(x if pre_activated else F.relu(x)), scale)
+
+
+class ResNetBlock(nn.Module):
+    """NAS-Bench-201's residual reduction block between stages (He et al. basic block, stride 2):
+    ReLU-Conv3x3(stride 2)-BN -> ReLU-Conv3x3-BN, plus a shortcut of 2x2 average pooling and a 1x1 conv.
+    Always built with affine BN, in the search network too, as in the benchmark's code."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 2):
+        super().__init__()
+        self.conv_a = ReLUConvBN(c_in, c_out, 3, stride, 1, affine=True)
+        self.conv_b = ReLUConvBN(c_out, c_out, 3, 1, 1, affine=True)
+        if stride == 2:
+            # ceil_mode: odd sizes give the conv path's ceil(H/2) too; even sizes are unaffected.
+            self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True), nn.Conv2d(c_in, c_out, 1, bias=False))
+        elif c_in != c_out:
+            self.shortcut = ReLUConvBN(c_in, c_out, 1, 1, 0, affine=True)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.conv_b(self.conv_a(x))
 
 
 class DilConv(nn.Module):
@@ -260,9 +295,11 @@ OPS = {
     "sep_conv_5x5": lambda c, stride, affine: SepConv(c, c, 5, stride, affine),
     "dil_conv_3x3": lambda c, stride, affine: DilConv(c, c, 3, stride, 2, affine),
     "dil_conv_5x5": lambda c, stride, affine: DilConv(c, c, 5, stride, 2, affine),
+    "nor_conv_1x1": lambda c, stride, affine: ReLUConvBN(c, c, 1, stride, 0, affine),
+    "nor_conv_3x3": lambda c, stride, affine: ReLUConvBN(c, c, 3, stride, 1, affine),
 }
 STARTS_WITH_RELU = (SepConv, DilConv, FactorizedReduce, ReLUConvBN)
-SCALES_IN_BN = (SepConv, DilConv)
+SCALES_IN_BN = (SepConv, DilConv, ReLUConvBN)
 
 
 def check_op_names(names, *, known=tuple(OPS)) -> None:
