@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import batch, tiny_supernet
+from conftest import batch, tiny_nb201, tiny_supernet
 from gradnas.errors import GradnasError
 from gradnas.search.loop import Search
 from gradnas.search.methods import make_method
-from gradnas.search.probes import ProbeConfig, Probes, alpha_objective, parse_edge_spec
+from gradnas.search.probes import ProbeConfig, Probes, SearchedCells, alpha_objective, parse_edge_spec
 from test_search import tiny_config
 
 
@@ -43,14 +43,14 @@ def make_probes(model, method_name, pairs, **cfg):
 def node_gradients(model, xy):
     """Reference: retain_grad on every node of every cell, one backward; batch-summed gradients."""
     nodes = {}
-    for i, cell in enumerate(model.cells):
+    for i, cell in enumerate(SearchedCells(model).cells):
         def keep(target, t, i=i):
             t.retain_grad()
             nodes[(i, target)] = t
         cell.on_node = keep
     model.zero_grad()
     F.cross_entropy(model(xy[0]), xy[1]).backward()
-    for cell in model.cells:
+    for cell in SearchedCells(model).cells:
         cell.on_node = None
     return {k: t.grad.sum(0).double().flatten() for k, t in nodes.items()}
 
@@ -101,23 +101,32 @@ def test_alpha_objective_per_method(name, order, expected):
     assert alpha_objective(method) == expected
 
 
-def test_dl_dp_matches_finite_differences():
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_dl_dp_matches_finite_differences(space):
     torch.manual_seed(0)
-    model = tiny_supernet(cells=3, nodes=2, dtype=torch.float64)
+    if space == "darts":
+        model = tiny_supernet(cells=3, nodes=2, dtype=torch.float64)
+        specs = ("0:3<-*", "normal:2<-1", "reduce:3<-2")
+        checks = (("0:3<-0", [0]), ("normal:2<-1", [0]), ("reduce:3<-2", [1, 2]))
+        expected_keys = {"0:3<-0", "0:3<-1", "0:3<-2", "normal:2<-1", "reduce:3<-2"}
+    else:  # three searched cells, one alpha for all of them
+        model = tiny_nb201(cells_per_stage=1, dtype=torch.float64)
+        specs = ("last:3<-*", "cell:2<-1")
+        checks = (("2:3<-1", [2]), ("cell:2<-1", [0, 1, 2]))
+        expected_keys = {"2:3<-0", "2:3<-1", "2:3<-2", "cell:2<-1"}
     xy = batch(n=4, seed=3, dtype=torch.float64)
-    probes = make_probes(model, "single-level", [(xy, xy)], dl_dp_edges=("0:3<-*", "normal:2<-1", "reduce:3<-2"),
-                         batches=1)
+    probes = make_probes(model, "single-level", [(xy, xy)], dl_dp_edges=specs, batches=1)
     out = probes.after_epoch(0, {})["dl_dp"]
-    assert set(out) == {"0:3<-0", "0:3<-1", "0:3<-2", "normal:2<-1", "reduce:3<-2"}
-    ops = model.cfg.ops
-    rows = {"2<-1": 1, "3<-0": 2, "3<-2": 4}  # alpha rows: 2<-0, 2<-1, 3<-0, 3<-1, 3<-2
+    assert set(out) == expected_keys
+    searched = SearchedCells(model)
+    k = searched.weight_arg
 
     def loss_with(cells, row, col, eps):
         def pre_hook(module, args):
-            w = args[2].clone()
+            w = args[k].clone()
             w[row, col] += eps
-            return args[0], args[1], w
-        handles = [model.cells[i].register_forward_pre_hook(pre_hook) for i in cells]
+            return (*args[:k], w, *args[k + 1:])
+        handles = [searched.cells[i].register_forward_pre_hook(pre_hook) for i in cells]
         try:
             with torch.no_grad():
                 return float(F.cross_entropy(model(xy[0]), xy[1]))
@@ -126,12 +135,25 @@ def test_dl_dp_matches_finite_differences():
                 h.remove()
 
     eps = 1e-6
-    for key, cells in (("0:3<-0", [0]), ("normal:2<-1", [0]), ("reduce:3<-2", [1, 2])):
-        edge = key.split(":")[1]
-        for col, op in enumerate(ops):
-            fd = (loss_with(cells, rows[edge], col, eps) - loss_with(cells, rows[edge], col, -eps)) / (2 * eps)
+    for key, cells in checks:
+        target, source = map(int, key.split(":")[1].split("<-"))
+        row = searched.edges.index((target, source))
+        for col, op in enumerate(model.cfg.ops):
+            fd = (loss_with(cells, row, col, eps) - loss_with(cells, row, col, -eps)) / (2 * eps)
             assert out[key][op] == pytest.approx(fd, rel=1e-5, abs=1e-8), (key, op)
-    assert out["0:3<-0"]["none"] == 0.0  # `none` contributes exactly zero
+        assert out[key]["none"] == 0.0  # `none` contributes exactly zero
+
+
+def test_nb201_grad_corr_and_sampling_relaxations():
+    model = tiny_nb201(cells_per_stage=1)
+    b1 = batch(n=6, seed=1)
+    corr = make_probes(model, "darts", [(b1, b1)], grad_corr=True, batches=1).after_epoch(0, {})["grad_corr"]
+    assert set(corr) == {"0", "1", "2"} and set(corr["0"]) == {"1", "2", "3"}
+    assert all(v == pytest.approx(1.0, abs=1e-9) for c in corr.values() for v in c.values())
+    with pytest.raises(GradnasError, match="need a relaxation that computes every op"):
+        make_probes(tiny_nb201("gumbel"), "darts", [], grad_corr=True)
+    with pytest.raises(GradnasError, match="neither an index, last, nor a cell kind of this space \\(cell\\)"):
+        make_probes(model, "darts", [], dl_dp_edges=("normal:2<-0",))
 
 
 def test_probes_do_not_change_the_search(tmp_path):

@@ -24,6 +24,7 @@ from gradnas.search.loop import Search
 from test_search import FMNIST, tiny_config
 
 HAS_DOT = shutil.which("dot") is not None
+NB201_BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
 DARTS_V2 = ("normal=|sep_conv_3x3~0|sep_conv_3x3~1|+|skip_connect~0|sep_conv_3x3~1|+|skip_connect~0|sep_conv_3x3~1|"
             "+|skip_connect~0|dil_conv_3x3~2|;reduce=|max_pool_3x3~0|max_pool_3x3~1|+|max_pool_3x3~0|skip_connect~2|"
             "+|max_pool_3x3~1|skip_connect~2|+|max_pool_3x3~0|skip_connect~2|")
@@ -48,20 +49,28 @@ def assert_png(path, min_size=(150, 100)):
     assert pixels.std() > 5 and (pixels < 128).mean() > 0.002, f"{path} looks blank"
 
 
-@pytest.fixture(scope="module")
-def probed_run(tmp_path_factory):
-    """A recorded 2-epoch DARTS run with every probe on."""
-    out = tmp_path_factory.mktemp("runs") / "darts-probed"
-    probes = {"gap": True, "grad_corr": True, "dl_dp_edges": ["last:3<-*", "reduce:2<-0"], "batches": 1}
-    Search(tiny_config(method="darts", probes=probes, threads=1), out, progress=False).run()
+@pytest.fixture(scope="module", params=["darts", "nb201"])
+def probed_run(request, tmp_path_factory):
+    """A recorded 2-epoch run with every probe on, in each space."""
+    out = tmp_path_factory.mktemp("runs") / f"{request.param}-probed"
+    if request.param == "darts":
+        probes = {"gap": True, "grad_corr": True, "dl_dp_edges": ["last:3<-*", "reduce:2<-0"], "batches": 1}
+        cfg = tiny_config(method="darts", probes=probes, threads=1)
+    else:
+        probes = {"gap": True, "grad_corr": True, "dl_dp_edges": ["last:3<-*", "cell:1<-0"], "batches": 1}
+        cfg = tiny_config(method="single-level", relax="sigmoid", space="nb201", probes=probes, threads=1,
+                          nb201={"cells_per_stage": 1, "channels": 4})
+    Search(cfg, out, progress=False).run()
     return out
 
 
 def test_plot_renders_every_figure(probed_run, tmp_path):
     out = tmp_path / "plots"
     assert main(["plot", str(probed_run), "--out", str(out)]) == 0
-    expected = {"edge-weights-normal.png", "edge-weights-reduce.png", "curves.png", "gap.png", "grad-corr.png",
-                "dl-dp.png"} | ({"cell-normal.png", "cell-reduce.png"} if HAS_DOT else set())
+    darts = probed_run.name.startswith("darts")
+    cells = {"cell-normal.png", "cell-reduce.png"} if darts else {"cell-nb201.png"}
+    expected = ({"edge-weights-normal.png", "edge-weights-reduce.png"} if darts else {"edge-weights-cell.png"}) | {
+        "curves.png", "gap.png", "grad-corr.png", "dl-dp.png"} | (cells if HAS_DOT else set())
     assert {p.name for p in out.iterdir()} == expected
     for name in expected:
         assert_png(out / name)
@@ -91,6 +100,9 @@ def test_report_md(probed_run):
     assert len(rows) == 2  # one per epoch, with its wall time
     assert f"{run.metrics[0]['epoch_time']:.1f}" in rows[0]
     assert yaml.safe_load(text.split("```yaml\n")[1].split("```")[0]) == run.config
+    if run.config["space"] == "nb201":  # the benchmark's accuracy of the final cell, and per epoch
+        assert f"| NAS-Bench-201 test accuracy, cifar10 | {run.nb201['cifar10']:.2f} % |" in text
+        assert rows[1].endswith(f"| {run.metrics[1]['nb201']['imagenet16-120']:.2f} |")
 
 
 def test_params_at_search_width_counts_the_kept_ops():
@@ -102,6 +114,10 @@ def test_params_at_search_width_counts_the_kept_ops():
                                 f"reduce={reduce}", in_channels=1, num_classes=10)
     # one normal cell (cell 0, C = 4) with 4 kept sep_conv_3x3: each is two (3x3 depthwise + 1x1 pointwise)
     assert convs - pools == 4 * 2 * (9 * 4 + 4 * 4)
+    # NAS-Bench-201: the benchmark's network; its largest cell (every edge a 3x3 conv) has 1.53 M on CIFAR-10
+    nb201 = SearchConfig.from_dict({"space": "nb201"}).to_dict()
+    all_conv = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    assert derived_params(nb201, all_conv, in_channels=3, num_classes=10) == 1_531_546
 
 
 def test_draw_from_string_json_and_run_folder(probed_run, tmp_path):
@@ -115,7 +131,9 @@ def test_draw_from_string_json_and_run_folder(probed_run, tmp_path):
     assert main(["draw", str(tmp_path / "g.json"), "--out", str(tmp_path / "j"), "--format", "svg"]) == 0
     assert (tmp_path / "j" / "cell-normal.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
     assert main(["draw", str(probed_run), "--out", str(tmp_path / "r")]) == 0
-    assert_png(tmp_path / "r" / "cell-reduce.png")
+    assert_png(tmp_path / "r" / ("cell-reduce.png" if probed_run.name.startswith("darts") else "cell-nb201.png"))
+    assert main(["draw", NB201_BEST, "--out", str(tmp_path / "nb")]) == 0
+    assert_png(tmp_path / "nb" / "cell-nb201.png")
 
 
 def test_missing_dot_says_how_to_install_it(tmp_path, monkeypatch, capsys):

@@ -79,9 +79,10 @@ def _add_config_flags(p, *, grid: bool):
                         "first, middle and last cells. Cost per epoch: for each probe batch pair one forward and "
                         "one input-gradient backward per batch, about one search step per pair")
     g.add_argument("--probe-dl-dp", action="append", metavar="CELL:T<-S",
-                   help="dL/dp for every op on an edge (single-level paper Fig. 3): CELL is a cell index, last, "
-                        "normal or reduce (the weight all such cells share); S may be *, e.g. 'last:3<-*'. "
-                        "Repeatable. Cost: shares the --probe-grad-corr passes (the same cost if used alone)")
+                   help="dL/dp for every op on an edge (single-level paper Fig. 3): CELL is a searched cell's "
+                        "index, last, or a cell kind for the weight all such cells share (darts: normal, reduce; "
+                        "nb201: cell); S may be *, e.g. 'last:3<-*'. Repeatable. Cost: shares the --probe-grad-corr "
+                        "passes (the same cost if used alone)")
     g.add_argument("--probe-batches", type=int, metavar="N",
                    help="batch pairs per epoch for the gradient probes (default 2); their cost grows with N")
 

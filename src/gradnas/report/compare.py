@@ -13,6 +13,7 @@ from pathlib import Path
 from gradnas.errors import GradnasError
 from gradnas.report import plots
 from gradnas.report.params import LABEL as PARAMS_LABEL
+from gradnas.report.params import NOTE as PARAMS_NOTE
 from gradnas.report.params import run_params
 from gradnas.report.run import Run, load_run, md_table
 
@@ -136,8 +137,9 @@ def compare(run_dirs, out_dir) -> tuple[Path, list]:
 
     images = plots.plot_comparison([(label, members) for label, members in groups], out_dir)
     md.append("## Plots\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n")
-    md.append(f"*{PARAMS_LABEL}*: the genotype's cells in the search network (affine-free BatchNorm, no "
-              "auxiliary head), not an evaluation network.\n")
+    spaces = sorted({r.config.get("space", "darts") for r in runs})
+    md.append(f"*{PARAMS_LABEL}*: " + "; ".join(f"{space}: {PARAMS_NOTE.get(space, 'no counter for this space')}"
+                                                  for space in spaces) + ".\n")
     path = out_dir / COMPARE_FILE
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(part.strip("\n") + "\n" for part in md))

@@ -33,14 +33,14 @@ def save(fig: Figure, path: Path) -> Path:
 def _epoch_axis(ax) -> None:
     """Whole epochs on the x axis (call after plotting); a one-epoch run gets a range around its epoch."""
     lo, hi = ax.get_xlim()
-    if hi - lo < 2:
+    if hi - lo < 1:  # one epoch: matplotlib would zoom in on a sliver around it
         mid = round((lo + hi) / 2)
         ax.set_xlim(mid - 1, mid + 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _legend_below(fig, handles, labels, n) -> None:
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(n, 8), fontsize=8,
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(n, 8), fontsize=8,
                frameon=False)
 
 
@@ -111,7 +111,8 @@ def plot_edge_weights(run, out_dir) -> list:
                     break
         handles, labels = axes[where[names[0]][0]][where[names[0]][1]].get_legend_handles_labels()
         _legend_below(fig, handles, labels, len(ops))
-        fig.suptitle(f"{run.name}: relaxed op weights, {kind} cells (dashed: parameter-free ops)", fontsize=10)
+        where_ = "every cell" if kind == "cell" else f"{kind} cells"  # NAS-Bench-201 has one kind
+        fig.suptitle(f"{run.name}: relaxed op weights, {where_} (dashed: parameter-free ops)", fontsize=10)
         paths.append(save(fig, Path(out_dir) / f"edge-weights-{kind}.png"))
     return paths
 
@@ -216,7 +217,7 @@ def plot_dl_dp(run, out_dir) -> Path | None:
         return None
     edges = list(lines[-1]["dl_dp"])
     ops = list(lines[-1]["dl_dp"][edges[0]])
-    styles = op_styles(run.config.get("supernet", {}).get("ops") or ops)
+    styles = op_styles(ops)
     cols = min(4, len(edges))
     rows = -(-len(edges) // cols)
     fig = Figure(figsize=(3.6 * cols, 2.8 * rows + 0.6))
@@ -228,7 +229,8 @@ def plot_dl_dp(run, out_dir) -> Path | None:
             ax.plot(epochs, [m["dl_dp"][edge][op] for m in lines if edge in m["dl_dp"]], label=op,
                     **styles.get(op, {}), **_marker(len(epochs)))
         cell, _, name = edge.partition(":")
-        ax.set_title(f"{'cell ' + cell if cell.isdigit() else cell + ' cells'}, edge {name}", fontsize=9)
+        which = f"cell {cell}" if cell.isdigit() else "every cell" if cell == "cell" else f"{cell} cells"
+        ax.set_title(f"{which}, edge {name}", fontsize=9)
         ax.axhline(0, color="gray", linewidth=0.8)
         _epoch_axis(ax)
         ax.grid(alpha=0.3)
@@ -242,7 +244,8 @@ def plot_dl_dp(run, out_dir) -> Path | None:
         axes[k // cols][k % cols].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
     _legend_below(fig, handles, labels, len(ops))
-    fig.suptitle(f"{run.name}: dL/dp per op (single-level paper Fig. 3), {run.describe()}", fontsize=10)
+    fig.suptitle(f"{run.name}: dL/dp per op (single-level paper Fig. 3), {run.describe()}", fontsize=10,
+                 y=1.0 + 0.06 / rows)
     return save(fig, Path(out_dir) / "dl-dp.png")
 
 

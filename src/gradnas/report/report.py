@@ -14,6 +14,7 @@ from gradnas.errors import GradnasError
 from gradnas.report import plots
 from gradnas.report.cells import draw_genotype, read_genotype
 from gradnas.report.params import LABEL as PARAMS_LABEL
+from gradnas.report.params import NOTE as PARAMS_NOTE
 from gradnas.report.params import run_params
 from gradnas.report.run import Run, load_run, md_table
 
@@ -84,9 +85,7 @@ def write_report(run_dir) -> tuple[Path, list, list]:
     if nb201 is not None:
         rows += [(f"NAS-Bench-201 test accuracy, {k}", _fmt(v, unit=" %")) for k, v in nb201.items()]
     md.append(md_table(("figure", "value"), rows))
-    md.append(f"\n*{PARAMS_LABEL}*: the genotype's cells in the search network (its cells, channels, stem and "
-              "classifier; affine-free BatchNorm, no auxiliary head), counted from the supernet's modules. It is "
-              "not the size of an evaluation network, which gradnas does not build yet.\n")
+    md.append(f"*{PARAMS_LABEL}*: {PARAMS_NOTE.get(cfg.get('space'), 'no counter for this space')}.\n")
 
     md.append("\n## Cells\n")
     cell_images = [image(p.name, p.stem.replace("cell-", "") + " cell") for p in paths if p.name.startswith("cell-")]
@@ -102,9 +101,8 @@ def write_report(run_dir) -> tuple[Path, list, list]:
         md.append(image("gap.png", "train/validation gap"))
 
     md.append("\n## Relaxed op weights per edge\n")
-    for kind in ("normal", "reduce"):
-        if image(f"edge-weights-{kind}.png", kind):
-            md.append(image(f"edge-weights-{kind}.png", f"op weights, {kind} cells"))
+    md += [image(p.name, "op weights, " + p.stem.replace("edge-weights-", "") + " cells") for p in paths
+           if p.name.startswith("edge-weights-")]
     if image("grad-corr.png", "") or image("dl-dp.png", ""):
         md.append("\n## Gradient probes\n")
         if image("grad-corr.png", ""):
@@ -127,6 +125,8 @@ def write_report(run_dir) -> tuple[Path, list, list]:
     header = ["epoch", "lr", "train loss", "train acc", "valid loss", "valid acc", "gap (pp)", "time (s)"]
     if has_probe:
         header.append("probe time (s)")
+    nb201_sets = sorted({k for m in run.metrics if isinstance(m.get("nb201"), dict) for k in m["nb201"]})
+    header += [f"NB201 {k}" for k in nb201_sets]
     rows = []
     for m in run.metrics:
         g = m["gap"]["acc_gap"] if isinstance(m.get("gap"), dict) else (
@@ -136,6 +136,7 @@ def write_report(run_dir) -> tuple[Path, list, list]:
                _fmt(m.get("valid_loss"), 4), _fmt(m.get("valid_acc")), _fmt(g), _fmt(m.get("epoch_time"), 1)]
         if has_probe:
             row.append(_fmt(m.get("probe_time"), 1))
+        row += [_fmt((m.get("nb201") or {}).get(k)) for k in nb201_sets]
         rows.append(row)
     md.append(md_table(header, rows))
     times = run.epoch_times

@@ -47,9 +47,11 @@ import torch
 import torch.nn.functional as F
 
 from gradnas.errors import GradnasError
+from gradnas.relax import Relaxation
 from gradnas.space.darts import DartsSupernet, edge_list
+from gradnas.space.nb201 import NB201SearchCell, NB201Supernet, nb201_edges
 
-_EDGE_SPEC = re.compile(r"^\s*(normal|reduce|last|-?\d+)\s*:\s*(\d+)\s*<-\s*(\d+|\*)\s*$")
+_EDGE_SPEC = re.compile(r"^\s*([a-z]+|-?\d+)\s*:\s*(\d+)\s*<-\s*(\d+|\*)\s*$")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class ProbeConfig:
     gap: bool = False                      # train/validation loss and accuracy gap
     grad_corr: bool = False                # gradient correlation per node (single-level paper eq. 13)
     grad_corr_cells: tuple | None = None   # cell indices (negative count from the end); None: first, middle, last
-    dl_dp_edges: tuple = ()                # "CELL:TARGET<-SOURCE"; CELL an index, last, normal or reduce; SOURCE may be *
+    dl_dp_edges: tuple = ()                # "CELL:TARGET<-SOURCE"; CELL an index, last, or a kind; SOURCE may be *
     batches: int = 2                       # (weight, architecture) batch pairs per epoch for grad_corr and dl_dp
 
     def __post_init__(self):
@@ -87,8 +89,9 @@ class ProbeConfig:
 def parse_edge_spec(spec) -> tuple[str, int, int | None]:
     """'7:3<-0' -> ('7', 3, 0); 'last:3<-*' -> ('-1', 3, None); 'normal:2<-1' -> ('normal', 2, 1).
 
-    CELL is a cell index (negative from the end; 'last' = -1), or normal / reduce for the gradient of the
-    weight all cells of that kind share (the sum over them); SOURCE * means every input of the node."""
+    CELL is a searched cell's index (negative from the end; 'last' = -1), or a cell kind (DARTS: normal,
+    reduce; NAS-Bench-201: cell) for the gradient of the weight all cells of that kind share (the sum
+    over them); SOURCE * means every input of the node. Kinds and ranges are checked against the supernet."""
     m = _EDGE_SPEC.match(str(spec))
     if not m:
         raise GradnasError(f"probe edge {spec!r}: expected CELL:TARGET<-SOURCE, e.g. 'last:3<-0', '4:2<-1' or "
@@ -126,10 +129,13 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
 
 @contextlib.contextmanager
 def untouched(model: torch.nn.Module, device: torch.device):
-    """Run probe passes without leaving a trace: buffers, train/eval mode and RNG streams are restored."""
+    """Run probe passes without leaving a trace: buffers, train/eval mode and RNG streams (the global ones
+    and a relaxation's own generator) are restored."""
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     training = model.training
     devices = [device] if device.type == "cuda" else []
+    generator = getattr(getattr(model, "relaxation", None), "generator", None)
+    saved = generator.get_state() if generator is not None else None
     try:
         with torch.random.fork_rng(devices=devices):
             yield
@@ -138,6 +144,35 @@ def untouched(model: torch.nn.Module, device: torch.device):
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
         model.train(training)
+        if generator is not None:
+            generator.set_state(saved)
+
+
+class SearchedCells:
+    """What the gradient probes need of a supernet, per space: its searched cells in forward order, each
+    cell's kind (the alpha it shares), the position of the op-weight argument of a cell's forward, and
+    the (target, source) edges in alpha-row order. A cell reports each node through ``on_node``."""
+
+    def __init__(self, model):
+        if isinstance(model, DartsSupernet):
+            self.cells = list(model.cells)
+            self.kinds = ["reduce" if c.reduction else "normal" for c in self.cells]
+            self.weight_arg = 2                    # cell(s0, s1, weights, active)
+            self.edges = edge_list(model.cfg.nodes)
+        elif isinstance(model, NB201Supernet):
+            self.cells = [m for m in model.layers if isinstance(m, NB201SearchCell)]
+            self.kinds = ["cell"] * len(self.cells)
+            self.weight_arg = 1                    # cell(x, weights, active)
+            self.edges = nb201_edges()
+        else:
+            raise GradnasError(f"probes grad_corr and dl_dp support the darts and nb201 spaces, not "
+                               f"{type(model).__name__}; the gap probe works in every space")
+        if type(model.relaxation).forward_weights is not Relaxation.forward_weights:
+            # A sampling relaxation (gumbel) computes only the sampled ops: dL/dp of the others, and the node
+            # gradients of the full mixture, are not what its search sees.
+            raise GradnasError(f"probes grad_corr and dl_dp need a relaxation that computes every op (softmax, "
+                               f"sigmoid), not {model.relaxation.name!r}; the gap probe works with every one")
+        self.targets = sorted({t for t, _ in self.edges})
 
 
 class Probes:
@@ -152,11 +187,9 @@ class Probes:
         self.node_cells: list[int] = []
         self.edges: list[tuple[str, int, int]] = []  # (cell key, target, source), wildcards expanded
         if cfg.needs_gradients:
-            if not isinstance(model, DartsSupernet):
-                raise GradnasError(f"probes grad_corr and dl_dp support the darts space, not "
-                                   f"{type(model).__name__}; the gap probe works in every space")
+            self.space = SearchedCells(model)
             self.coef = alpha_objective(method)
-            n_cells = len(model.cells)
+            n_cells = len(self.space.cells)
             if cfg.grad_corr:
                 cells = cfg.grad_corr_cells if cfg.grad_corr_cells is not None else (0, n_cells // 2, -1)
                 self.node_cells = sorted({self._cell_index(c, f"probes.grad_corr_cells {c}") for c in cells})
@@ -165,25 +198,32 @@ class Probes:
 
     # -- configuration against the model
     def _cell_index(self, c: int, where: str) -> int:
-        n = len(self.model.cells)
+        n = len(self.space.cells)
         if not -n <= c < n:
-            raise GradnasError(f"{where}: the supernet has cells 0..{n - 1} (or -1..-{n} from the end)")
+            raise GradnasError(f"{where}: the supernet has searched cells 0..{n - 1} (or -1..-{n} from the end)")
         return c % n
 
     def _expand(self, spec: str) -> list:
         cell, target, source = parse_edge_spec(spec)
-        key = cell if cell in ("normal", "reduce") else str(self._cell_index(int(cell), f"probe edge {spec!r}"))
-        nodes = self.model.cfg.nodes
-        if not 2 <= target < nodes + 2:
-            raise GradnasError(f"probe edge {spec!r}: target node must be 2..{nodes + 1} (0 and 1 are the inputs)")
-        sources = range(target) if source is None else [source]
-        if source is not None and not 0 <= source < target:
-            raise GradnasError(f"probe edge {spec!r}: node {target} reads nodes 0..{target - 1}")
-        return [(key, target, s) for s in sources]
+        kinds = sorted(set(self.space.kinds))
+        if cell.lstrip("-").isdigit():
+            key = str(self._cell_index(int(cell), f"probe edge {spec!r}"))
+        elif cell in kinds:
+            key = cell
+        else:
+            raise GradnasError(f"probe edge {spec!r}: cell {cell!r} is neither an index, last, nor a cell kind of "
+                               f"this space ({', '.join(kinds)})")
+        targets = self.space.targets
+        if target not in targets:
+            raise GradnasError(f"probe edge {spec!r}: target node must be {targets[0]}..{targets[-1]}")
+        sources = [s for t, s in self.space.edges if t == target]
+        if source is not None and source not in sources:
+            raise GradnasError(f"probe edge {spec!r}: node {target} reads nodes {sources[0]}..{sources[-1]}")
+        return [(key, target, s) for s in (sources if source is None else [source])]
 
     def _cells_of(self, key: str) -> list[int]:
-        if key in ("normal", "reduce"):
-            return [i for i, c in enumerate(self.model.cells) if c.reduction == (key == "reduce")]
+        if not key.isdigit():
+            return [i for i, kind in enumerate(self.space.kinds) if kind == key]
         return [int(key)]
 
     # -- the hook the loop calls
@@ -247,7 +287,7 @@ class Probes:
         return out
 
     def _row(self, target: int, source: int) -> int:
-        return edge_list(self.model.cfg.nodes).index((target, source))
+        return self.space.edges.index((target, source))
 
     def _gradients(self, batch):
         """({(cell, node): batch-summed dL/d node}, {cell: dL/dp (edges x ops)}) for one batch's mean loss."""
@@ -265,12 +305,12 @@ class Probes:
             # This cell gets its own copy of p as a leaf, so dL/dp is this cell's share of the gradient
             # (alpha is shared by all cells of a kind; the shared dL/dp is the sum over them).
             def pre_hook(module, args):
-                s0, s1, w, *rest = args  # rest: a sampling relaxation's active ops
-                leaves[cell_index] = w.detach().requires_grad_(True)
-                return (s0, s1, leaves[cell_index], *rest)
+                k = self.space.weight_arg
+                leaves[cell_index] = args[k].detach().requires_grad_(True)
+                return (*args[:k], leaves[cell_index], *args[k + 1:])
             return pre_hook
 
-        cells = self.model.cells
+        cells = self.space.cells
         try:
             for i in self.node_cells:
                 cells[i].on_node = observer(i)
@@ -278,6 +318,9 @@ class Probes:
                 handles.append(cells[i].register_forward_pre_hook(leaf_weights(i)))
             x, y = batch
             loss = F.cross_entropy(self.model(x), y)
+            if self.node_cells and len(nodes) != len(self.node_cells) * len(self.space.targets):
+                raise GradnasError("a probed cell did not report its nodes (on_node); the space's cell must "
+                                   "call it for every node")
             keys_n, keys_p = list(nodes), list(leaves)
             grads = torch.autograd.grad(loss, [nodes[k] for k in keys_n] + [leaves[k] for k in keys_p])
         finally:
