@@ -16,6 +16,8 @@ SEARCH_FLAGS = {
     "space": "space", "method": "method", "order": "order", "lam": "lambda", "relax": "relax",
     "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
     "seed": "seed", "device": "device", "threads": "threads", "xi": "xi",
+    "probe_gap": "probes.gap", "probe_grad_corr": "probes.grad_corr", "probe_dl_dp": "probes.dl_dp_edges",
+    "probe_batches": "probes.batches",
 }
 # --cells / --channels set the shape of whichever space is searched.
 SPACE_FLAGS = {
@@ -34,18 +36,29 @@ def _search_parser(sub):
                        description="Search a cell. Without --config this runs the built-in quick default "
                                    "(MiLeNAS-1st on Fashion-MNIST with a small proxy supernet, a few minutes on "
                                    "2 CPU cores). Precedence: --config < flags < --set.")
+    _add_config_flags(p, grid=False)
+    p.add_argument("--out", help="run folder (default: runs/<method>-<dataset>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _add_config_flags(p, *, grid: bool):
+    """The flags that set search config keys; `grid` (sweep) leaves out method, lambda and seed."""
     from gradnas.config import CONFIG_DIR
     shipped = ", ".join(sorted(c.stem for c in CONFIG_DIR.glob("*.yaml")))
     p.add_argument("--config", help=f"YAML file, or the name of a shipped config ({shipped})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set w_optim.lr=0.01 (repeatable)")
     p.add_argument("--space", help="search space: darts or nb201 (NAS-Bench-201)")
-    p.add_argument("--method", help="architecture optimizer: milenas, darts, single-level")
+    if not grid:
+        p.add_argument("--method", help="architecture optimizer: milenas, darts, single-level")
     p.add_argument("--order", type=int, help="1 (first order) or 2 (second order: darts, milenas; one virtual "
                                              "weight step, finite-difference Hessian-vector product)")
-    p.add_argument("--lambda", dest="lam", type=float,
-                   help="MiLeNAS lambda: weight of the validation term in first order, of the training term in "
-                        "second order (as the paper writes each update)")
+    if not grid:
+        p.add_argument("--lambda", dest="lam", type=float,
+                       help="MiLeNAS lambda: weight of the validation term in first order, of the training term in "
+                            "second order (as the paper writes each update)")
     p.add_argument("--xi", type=float, help="order 2: virtual step size (default: the current weight learning rate)")
     p.add_argument("--relax", help="relaxation: softmax, sigmoid or gumbel (GDAS sampling)")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
@@ -54,13 +67,30 @@ def _search_parser(sub):
     p.add_argument("--batch-size", type=int)
     p.add_argument("--cells", type=int, help="darts: cells in the network; nb201: cells per stage (N)")
     p.add_argument("--channels", type=int, help="initial channels (C)")
-    p.add_argument("--seed", type=int)
+    if not grid:
+        p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    p.add_argument("--out", help="run folder (default: runs/<method>-<dataset>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)" if not grid else
+                   "CPU threads per run (default: the cores divided among --jobs)")
+    g = p.add_argument_group(
+        "probes", "Optional per-epoch measurements, recorded in metrics.jsonl and drawn by `gradnas plot`; all off "
+                  "by default, and none changes the search. The relaxed op weights of every edge are always "
+                  "recorded (edge_weights, no cost). More keys: probes.grad_corr_cells, probes.batches.")
+    g.add_argument("--probe-gap", action="store_true", default=None,
+                   help="train/validation loss and accuracy gap, both halves in eval mode (MiLeNAS Fig. 2a). "
+                        "Cost: one more validation-sized pass per epoch")
+    g.add_argument("--probe-grad-corr", action="store_true", default=None,
+                   help="per node, the correlation of the loss gradients w.r.t. its output on the batch that "
+                        "updates w and the one that updates alpha (single-level paper eq. 13, Fig. 2), in the "
+                        "first, middle and last cells. Cost per epoch: for each probe batch pair one forward and "
+                        "one input-gradient backward per batch, about one search step per pair")
+    g.add_argument("--probe-dl-dp", action="append", metavar="CELL:T<-S",
+                   help="dL/dp for every op on an edge (single-level paper Fig. 3): CELL is a searched cell's "
+                        "index, last, or a cell kind for the weight all such cells share (darts: normal, reduce; "
+                        "nb201: cell); S may be *, e.g. 'last:3<-*'. Repeatable. Cost: shares the --probe-grad-corr "
+                        "passes (the same cost if used alone)")
+    g.add_argument("--probe-batches", type=int, metavar="N",
+                   help="batch pairs per epoch for the gradient probes (default 2); their cost grows with N")
 
 
 def _bench_parser(sub):
@@ -222,12 +252,8 @@ def _lookup_parser(sub):
 
 def _read_genotype(text: str):
     """A genotype from a string, a JSON file or a run folder (its genotype.json)."""
-    from gradnas.search.loop import GENOTYPE_FILE
-    from gradnas.space.genotype import load_genotype
-    source = Path(text)
-    if source.is_dir():
-        source = source / GENOTYPE_FILE
-    return load_genotype(source)
+    from gradnas.report.cells import read_genotype
+    return read_genotype(text)
 
 
 def cmd_genotype(args) -> int:
@@ -249,6 +275,13 @@ def cmd_genotype(args) -> int:
         save_genotype(geno, args.json)
         print(f"written {args.json}", file=sys.stderr)
     return 0
+
+
+def _is_dir(text: str) -> bool:
+    try:
+        return Path(text).is_dir()
+    except OSError:  # e.g. a genotype string longer than a file name may be
+        return False
 
 
 def cmd_lookup(args) -> int:
@@ -285,7 +318,7 @@ def apply_cli_overrides(d: dict, args) -> dict:
     to the section of the space being searched."""
     from gradnas.config import apply_override
     for attr, key in SEARCH_FLAGS.items():
-        value = getattr(args, attr)
+        value = getattr(args, attr, None)
         if value is not None:
             _assign(d, key, value)
     space = d.get("space", "darts")
@@ -426,6 +459,125 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _analysis_parsers(sub):
+    p = sub.add_parser("plot", help="draw a run's figures to PNG",
+                       description="Draw a run's figures: relaxed op weights per edge over epochs, training "
+                                   "curves, the probes that were recorded, and the derived cells (needs Graphviz's "
+                                   "`dot`). Works on unfinished runs too.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="folder for the PNGs (default: RUN_DIR/plots)")
+
+    p = sub.add_parser("draw", help="draw the cells of a genotype with Graphviz",
+                       description="Draw the normal and reduction cells of a genotype (genotype JSON, run folder or "
+                                   "canonical string) as <out>/cell-normal.<fmt> and <out>/cell-reduce.<fmt>.")
+    p.add_argument("genotype", help="genotype.json, a run folder, or 'normal=|...|;reduce=|...|'")
+    p.add_argument("--out", help="folder (default: RUN/plots for a run folder, else the current folder)")
+    p.add_argument("--format", default="png", choices=("png", "svg", "pdf"))
+
+    p = sub.add_parser("report", help="write report.md beside a run",
+                       description="Write RUN_DIR/report.md: config, genotype and cell diagrams, parameters, "
+                                   "metric curves, probes, model sizes and benchmark accuracy when recorded, wall "
+                                   "time per epoch. Figures go to RUN_DIR/plots.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+
+    p = sub.add_parser("compare", help="one table and overlaid plots for several runs",
+                       description="Compare runs (methods, lambdas, seeds): final and best validation accuracy, "
+                                   "gap, search time per epoch, genotype, parameters and NB201 accuracy, with mean "
+                                   "and standard deviation over runs that differ only in seed.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="compare", help="folder for compare.md and the plots (default: ./compare)")
+
+    p = sub.add_parser("sweep", help="run a grid of searches, then compare them",
+                       description="Run a grid of searches (methods x lambdas x seeds), one after another or "
+                                   "--jobs at a time, each in OUT/<name> with its log in search.log, then write "
+                                   "OUT/compare.md. Run the same command again to resume: finished runs are "
+                                   "skipped, interrupted ones continue from their checkpoint. Every search flag "
+                                   "and --set applies to all runs.")
+    p.add_argument("--out", required=True, help="sweep folder; one run folder per grid point inside")
+    p.add_argument("--methods", help="comma-separated, e.g. single-level,milenas,darts (default: the config's)")
+    p.add_argument("--lambdas", help="comma-separated MiLeNAS lambdas, e.g. 0.1,1,999 (milenas runs only)")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the config's)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, as parallel processes (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(p, grid=True)
+
+
+def cmd_plot(args) -> int:
+    from gradnas.report.report import plot_run
+    from gradnas.report.run import load_run
+    paths, missing, warnings = plot_run(load_run(args.run_dir), args.out)
+    for path in paths:
+        print(path)
+    _print_notes(missing, warnings)
+    return 0
+
+
+def _print_notes(missing, warnings) -> None:
+    if missing:
+        flags = ", ".join("--probe-" + m.replace("_", "-") for m in missing)
+        print(f"not recorded in this run: {', '.join(missing)} (search with {flags} to get them)", file=sys.stderr)
+    for warning in warnings:
+        print(f"gradnas: warning: {warning}", file=sys.stderr)
+
+
+def cmd_draw(args) -> int:
+    from gradnas.report.cells import draw_genotype
+    from gradnas.report.report import PLOTS_DIR
+    genotype = _read_genotype(args.genotype)
+    out = args.out
+    if out is None:
+        out = Path(args.genotype) / PLOTS_DIR if _is_dir(args.genotype) else Path(".")
+    for path in draw_genotype(genotype, out, fmt=args.format):
+        print(path)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from gradnas.report.report import write_report
+    path, missing, warnings = write_report(args.run_dir)
+    _print_notes(missing, warnings)
+    print(path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from gradnas.report.compare import compare
+    path, images = compare(args.run_dirs, args.out)
+    print(path)
+    return 0
+
+
+def _csv(text, kind, flag):
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [kind(t) for t in items]
+    except ValueError:
+        raise GradnasError(f"{flag} {text!r}: expected comma-separated {kind.__name__} values") from None
+
+
+def cmd_sweep(args) -> int:
+    from gradnas.config import load_yaml
+    from gradnas.report.sweep import plan_sweep, run_sweep
+    base = apply_cli_overrides(load_yaml(args.config or DEFAULT_CONFIG), args)
+    runs = plan_sweep(base, args.out, methods=_csv(args.methods, str, "--methods"),
+                      lambdas=_csv(args.lambdas, float, "--lambdas"), seeds=_csv(args.seeds, int, "--seeds"))
+    try:
+        result = run_sweep(runs, args.out, jobs=args.jobs, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted; every run keeps its last finished epoch. Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    if result["compare"] is not None:
+        print(result["compare"])
+    if result["failed"]:
+        raise GradnasError(f"{len(result['failed'])} of {len(runs)} runs failed ({', '.join(result['failed'])}); "
+                           f"see search.log in their folders under {args.out}, fix the cause and run the same "
+                           "command again to resume")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="gradnas", description="Gradient-based neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -434,13 +586,15 @@ def build_parser():
     _bench_parser(sub)
     _genotype_parser(sub)
     _lookup_parser(sub)
+    _analysis_parsers(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"search": cmd_search, "train": cmd_train, "bench": cmd_bench, "genotype": cmd_genotype,
-                "lookup": cmd_lookup}
+                "lookup": cmd_lookup, "plot": cmd_plot, "draw": cmd_draw, "report": cmd_report,
+                "compare": cmd_compare, "sweep": cmd_sweep}
     try:
         return handlers[args.command](args)
     except GradnasError as exc:

@@ -2,7 +2,8 @@
 
 The tree mirrors the object tree: ``data`` -> the data pipeline, ``supernet`` -> the DARTS search space,
 ``nb201`` -> the NAS-Bench-201 space, ``gumbel`` -> the Gumbel relaxation's temperature schedule,
-``w_optim`` / ``arch_optim`` -> the two optimizers, and the top level -> the search method and loop.
+``w_optim`` / ``arch_optim`` -> the two optimizers, ``probes`` -> the optional per-epoch measurements
+(gradnas.search.probes), and the top level -> the search method and loop.
 A config may hold the sections of every space and relaxation; ``space`` and ``relax`` pick the one used.
 Unknown keys are rejected with the list of valid ones; values are parsed as YAML data, never code.
 Defaults are the papers' CIFAR-10 search settings (DARTS / MiLeNAS: 50 epochs, batch 64, 8 cells,
@@ -20,6 +21,7 @@ import yaml
 
 from gradnas.errors import GradnasError
 from gradnas.relax import RELAXATIONS, GumbelConfig
+from gradnas.search.probes import ProbeConfig
 from gradnas.space import SPACES, get_space
 from gradnas.space.darts import DartsSpaceConfig
 from gradnas.space.nb201 import NB201SpaceConfig
@@ -76,6 +78,7 @@ class SearchConfig:
     gumbel: GumbelConfig = field(default_factory=GumbelConfig)
     w_optim: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch_optim: ArchOptimConfig = field(default_factory=ArchOptimConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self):
         checks = [
@@ -118,6 +121,9 @@ class SearchConfig:
         d["lambda"] = d.pop("lam")
         d["supernet"]["ops"] = list(d["supernet"]["ops"])
         d["arch_optim"]["betas"] = list(d["arch_optim"]["betas"])
+        d["probes"]["dl_dp_edges"] = list(d["probes"]["dl_dp_edges"])
+        if d["probes"]["grad_corr_cells"] is not None:
+            d["probes"]["grad_corr_cells"] = list(d["probes"]["grad_corr_cells"])
         return d
 
     @classmethod

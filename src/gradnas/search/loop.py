@@ -17,6 +17,7 @@ summary.json (when finished).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from gradnas.relax import make_relaxation
 from gradnas.space import build_supernet, space_class
 from gradnas.space.genotype import save_genotype
 from gradnas.search.methods import make_method, method_class
+from gradnas.search.probes import Probes
 
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
 CHECKPOINT_FILE, GENOTYPE_FILE, SUMMARY_FILE = "checkpoint.pt", "genotype.json", "summary.json"
@@ -130,6 +132,13 @@ class Search:
         if self.world.size > 1:
             distributed.broadcast_state(self.model)
             self.method.grad_sync = distributed.average_  # weights' and alphas' gradients: the global batch's
+        # Optional per-epoch measurements (off by default); they leave the search untouched. The gap probe
+        # evaluates the weight half exactly as the validation below evaluates the architecture half.
+        same_as_validation = functools.partial(evaluate, self.model, augment=self.augment, batch_size=cfg.batch_size,
+                                               device=self.device, max_batches=cfg.data.eval_batches)
+        self.probes = Probes(cfg.probes, model=self.model, method=self.method, batches=self.batches,
+                             train_x=data.train_x[self.split.weight_idx], train_y=data.train_y[self.split.weight_idx],
+                             evaluate=same_as_validation, device=self.device)
         self.epoch = 0
         self.best_valid_acc = -1.0
         if resume:
@@ -246,6 +255,7 @@ class Search:
                 record["arch_batch_loss"] = sums["val_loss"] / sums["val_n"]
                 record["arch_batch_acc"] = 100.0 * sums["val_correct"] / sums["val_n"]
             record["edge_weights"] = self.model.edge_weights()
+            record.update(self.probes.after_epoch(epoch, record))
             if not main:
                 continue
             with open(self.out / METRICS_FILE, "a") as f:

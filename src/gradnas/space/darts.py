@@ -88,6 +88,8 @@ class SearchCell(nn.Module):
                                       for j in range(cfg.nodes + 1) for name in cfg.ops if name in POOLS})
         # column index of each op in an alpha row
         self.col = {name: k for k, name in enumerate(cfg.ops)}
+        # Optional observer of every intermediate node, on_node(node index, tensor); probes set it.
+        self.on_node = None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
         """``active``: per edge the op columns to compute (a sampling relaxation), None for all."""
@@ -137,6 +139,8 @@ class SearchCell(nn.Module):
                 stride = 2 if self.reduction else 1
                 n, c, h, w_ = states[1].shape
                 node = states[1].new_zeros(n, c, -(-h // stride), -(-w_ // stride))
+            if self.on_node is not None:
+                self.on_node(target, node)
             states.append(node)
         return torch.cat(states[2:], dim=1)
 

@@ -86,6 +86,8 @@ class NB201SearchCell(nn.Module):
             for i, j in nb201_edges()})
         self.shared = nn.ModuleDict({name: OPS[name](c, 1, False) for name in self.ops
                                      if name in PARAMETER_FREE_OPS and name != "none"})
+        # Optional observer of every node after the input, on_node(node index, tensor); probes set it.
+        self.on_node = None
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
         """``weights``: (6, ops) op weights; ``active``: per edge the op columns to compute, None for all."""
@@ -117,7 +119,10 @@ class NB201SearchCell(nn.Module):
                     # A running sum frees each term at once; plain adds keep nothing for backward.
                     node = term if node is None else node + term
                 row += 1
-            states.append(torch.zeros_like(x) if node is None else node)  # all `none`: exactly zero
+            node = torch.zeros_like(x) if node is None else node  # all `none`: exactly zero
+            if self.on_node is not None:
+                self.on_node(i, node)
+            states.append(node)
         return states[-1]
 
 

@@ -1,0 +1,193 @@
+"""A finished or unfinished search, read back from its run folder (never from a live Search).
+
+Reads what `gradnas search` writes (config.yaml, metrics.jsonl, summary.json, genotype.json) and what
+other tools may add: ``nb201`` benchmark accuracies in metrics lines or summary.json, and a model-size
+index ``sizes/index.json``. Missing optional pieces are None; a folder that is not a run is an error.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from gradnas.errors import GradnasError
+from gradnas.search.loop import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+
+SIZES_INDEX = "sizes/index.json"  # written by the model-size based search, when it ran
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    metrics: list = field(default_factory=list)
+    summary: dict | None = None
+    sizes: list | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.metrics)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.summary and self.summary.get("finished"))
+
+    @property
+    def last(self) -> dict:
+        return self.metrics[-1] if self.metrics else {}
+
+    def series(self, key: str) -> tuple[list, list]:
+        """(epochs, values) of a top-level numeric metric, skipping epochs that lack it."""
+        xs, ys = [], []
+        for m in self.metrics:
+            v = m.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                xs.append(m["epoch"])
+                ys.append(float(v))
+        return xs, ys
+
+    def has(self, key: str) -> bool:
+        return any(key in m for m in self.metrics)
+
+    # -- the figures a report or comparison quotes
+    @property
+    def genotype_string(self) -> str | None:
+        if self.summary and self.summary.get("genotype"):
+            return self.summary["genotype"]
+        return self.last.get("genotype")
+
+    @property
+    def final_valid_acc(self) -> float | None:
+        return self.last.get("valid_acc")
+
+    @property
+    def best_valid_acc(self) -> float | None:
+        values = self.series("valid_acc")[1]
+        return max(values) if values else None
+
+    def gap(self) -> tuple[float | None, str]:
+        """Final train - validation accuracy gap (percentage points) and where it comes from.
+
+        With the gap probe: both accuracies in eval mode on equal-sized samples of the two halves. Without:
+        the running training accuracy of the last epoch (train mode, weights moving) minus the validation
+        accuracy, as DARTS / MiLeNAS logs report it."""
+        last = self.last
+        if isinstance(last.get("gap"), dict):
+            return last["gap"]["acc_gap"], "probe"
+        if "train_acc" in last and "valid_acc" in last:
+            return last["train_acc"] - last["valid_acc"], "running"
+        return None, "n/a"
+
+    def gap_series(self, *, probe: bool = True) -> tuple[list, list, str]:
+        """(epochs, gap in pp, source): from the gap probe when recorded and ``probe``, else running."""
+        if probe and self.has("gap"):
+            xs = [m["epoch"] for m in self.metrics if isinstance(m.get("gap"), dict)]
+            ys = [m["gap"]["acc_gap"] for m in self.metrics if isinstance(m.get("gap"), dict)]
+            return xs, ys, "probe"
+        xs = [m["epoch"] for m in self.metrics if "train_acc" in m and "valid_acc" in m]
+        ys = [m["train_acc"] - m["valid_acc"] for m in self.metrics if "train_acc" in m and "valid_acc" in m]
+        return xs, ys, "running"
+
+    @property
+    def epoch_times(self) -> list:
+        return self.series("epoch_time")[1]
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        times = self.epoch_times
+        return statistics.fmean(times) if times else None
+
+    @property
+    def nb201(self) -> dict | None:
+        """Benchmark accuracies of the final genotype ({dataset: %}) when the search recorded them."""
+        for source in (self.summary or {}, self.last):
+            value = source.get("nb201")
+            if isinstance(value, dict) and value:
+                return value
+        return None
+
+    def describe(self) -> str:
+        """method (with lambda for MiLeNAS), order, relaxation: the words a table row needs."""
+        c = self.config
+        method = c.get("method", "?")
+        words = [method]
+        if method == "milenas":
+            words.append(f"lambda={_num(c.get('lambda'))}")
+        if c.get("order", 1) != 1:
+            words.append(f"order={c['order']}")
+        words.append(c.get("relax", "?"))
+        return " ".join(words)
+
+
+def _num(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def load_run(path, *, need_epochs: bool = True) -> Run:
+    """Read a run folder. ``need_epochs``: refuse a run with no finished epoch (nothing to show)."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        if path.is_dir() and any((p / CONFIG_FILE).is_file() for p in path.iterdir() if p.is_dir()):
+            raise GradnasError(f"{path} holds run folders but is not one itself; give the run folders "
+                               f"(e.g. {path}/*)")
+        raise GradnasError(f"{path} is not a gradnas run folder (no {CONFIG_FILE}); give a folder written by "
+                           "`gradnas search`")
+    try:
+        config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise GradnasError(f"{path / CONFIG_FILE} is not valid YAML ({exc})") from None
+    metrics = []
+    metrics_path = path / METRICS_FILE
+    if metrics_path.is_file():
+        lines = metrics_path.read_text().splitlines()
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                # A last line cut short by a crash mid-write: everything before it is good.
+                if n == len(lines):
+                    break
+                raise GradnasError(f"{metrics_path} line {n} is not valid JSON; the file was edited or "
+                                   "damaged") from None
+            if isinstance(record, dict) and "epoch" in record:
+                metrics.append(_finite(record))
+    if need_epochs and not metrics:
+        raise GradnasError(f"{path} has no finished epoch yet ({METRICS_FILE} is empty); plot or report it after "
+                           "the first epoch")
+    summary = _read_json(path / SUMMARY_FILE)
+    sizes = _read_json(path / SIZES_INDEX)
+    return Run(path=path, config=config, metrics=metrics, summary=summary if isinstance(summary, dict) else None,
+               sizes=sizes if isinstance(sizes, list) else None)
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise GradnasError(f"{path} is not valid JSON") from None
+
+
+def _finite(record: dict) -> dict:
+    # json writes NaN as NaN; keep such values out of plots and tables (None = missing).
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def md_table(header, rows) -> str:
+    """A Markdown (GFM) table; cells are written as given (escape '|' inside them)."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
