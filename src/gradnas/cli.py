@@ -18,6 +18,8 @@ SEARCH_FLAGS = {
     "seed": "seed", "device": "device", "threads": "threads", "xi": "xi",
     "probe_gap": "probes.gap", "probe_grad_corr": "probes.grad_corr", "probe_dl_dp": "probes.dl_dp_edges",
     "probe_batches": "probes.batches",
+    "alpha_data": "alpha_data", "switch_at": "switch_at", "then": "then", "lr_decay": "collapse.lr_decay",
+    "collapse_threshold": "collapse.threshold",
 }
 # --cells / --channels set the shape of whichever space is searched.
 SPACE_FLAGS = {
@@ -61,6 +63,21 @@ def _add_config_flags(p, *, grid: bool):
                             "second order (as the paper writes each update)")
     p.add_argument("--xi", type=float, help="order 2: virtual step size (default: the current weight learning rate)")
     p.add_argument("--relax", help="relaxation: softmax, sigmoid or gumbel (GDAS sampling)")
+    p.add_argument("--alpha-data", choices=("split", "same-split", "same-batch"),
+                   help="where the architecture batch comes from: split (the architecture half, default), "
+                        "same-split (another batch of the weight half) or same-batch (the weight batch itself); "
+                        "single-level paper, Table 1")
+    p.add_argument("--switch-at", type=int, metavar="E",
+                   help="method schedule: run --method for the first E epochs, then --then (weights, alphas and "
+                        "optimizer state carry over; MiLeNAS Fig. 2b: --method darts --switch-at 35 --then milenas)")
+    p.add_argument("--then", metavar="METHOD", help="the method after --switch-at epochs")
+    p.add_argument("--lr-decay-on-collapse", dest="lr_decay", action="store_const", const=True,
+                   help="single-level paper 4.1.4: after an epoch whose cell has more than collapse.threshold "
+                        "parameter-free ops, multiply the weight lr by collapse.lr_factor (0.5), at most "
+                        "collapse.max_decays (3) times")
+    p.add_argument("--collapse-threshold", type=float, metavar="SHARE",
+                   help="share of parameter-free ops (none, pooling, skip) above which a search warns and, with "
+                        "--lr-decay-on-collapse, lowers the lr (default 0.3; --set collapse.warn=false: no warning)")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
     p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
     p.add_argument("--epochs", type=int)

@@ -3,7 +3,9 @@
 The tree mirrors the object tree: ``data`` -> the data pipeline, ``supernet`` -> the DARTS search space,
 ``nb201`` -> the NAS-Bench-201 space, ``gumbel`` -> the Gumbel relaxation's temperature schedule,
 ``w_optim`` / ``arch_optim`` -> the two optimizers, ``probes`` -> the optional per-epoch measurements
-(gradnas.search.probes), and the top level -> the search method and loop.
+(gradnas.search.probes), ``collapse`` -> the watch on parameter-free ops (warning and the single-level
+paper's learning-rate rule), and the top level -> the search method and loop (with the papers'
+switches: ``alpha_data``, ``switch_at`` / ``then``).
 A config may hold the sections of every space and relaxation; ``space`` and ``relax`` pick the one used.
 Unknown keys are rejected with the list of valid ones; values are parsed as YAML data, never code.
 Defaults are the papers' CIFAR-10 search settings (DARTS / MiLeNAS: 50 epochs, batch 64, 8 cells,
@@ -19,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from gradnas.data.loader import ALPHA_DATA
 from gradnas.errors import GradnasError
 from gradnas.relax import RELAXATIONS, GumbelConfig
 from gradnas.search.probes import ProbeConfig
@@ -59,6 +62,23 @@ class ArchOptimConfig:
 
 
 @dataclass(frozen=True)
+class CollapseConfig:
+    """Watch the share of parameter-free ops (none, pooling, skip) in each epoch's derived genotype.
+
+    ``warn``: a warning when the share rises above ``threshold`` (the skip-connect collapse).
+    ``lr_decay``: the single-level paper's rule (section 4.1.4): after an epoch whose share exceeds the
+    threshold, multiply the weight learning rate by ``lr_factor``, at most ``max_decays`` times in a run.
+    The factor multiplies the cosine schedule (lr = scale * cosine(epoch)), it does not restart it.
+    """
+
+    threshold: float = 0.3
+    warn: bool = True
+    lr_decay: bool = False
+    lr_factor: float = 0.5
+    max_decays: int = 3
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     space: str = "darts"
     method: str = "milenas"
@@ -72,6 +92,9 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     threads: int | None = None           # CPU threads; None = torch's default (all cores)
+    alpha_data: str = "split"            # architecture batch: split | same-split | same-batch (see data.loader)
+    switch_at: int | None = None         # method schedule: `method` for epochs 1..switch_at, then `then`
+    then: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     supernet: DartsSpaceConfig = field(default_factory=DartsSpaceConfig)
     nb201: NB201SpaceConfig = field(default_factory=NB201SpaceConfig)
@@ -79,6 +102,7 @@ class SearchConfig:
     w_optim: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch_optim: ArchOptimConfig = field(default_factory=ArchOptimConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
 
     def __post_init__(self):
         checks = [
@@ -100,10 +124,26 @@ class SearchConfig:
             (self.w_optim.lr_min >= 0 and self.w_optim.grad_clip >= 0, "w_optim.lr_min and grad_clip must be >= 0"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
             (not self.w_optim.nesterov or self.w_optim.momentum > 0, "w_optim.nesterov needs w_optim.momentum > 0"),
+            (self.alpha_data in ALPHA_DATA,
+             f"alpha_data must be one of {', '.join(ALPHA_DATA)}, got {self.alpha_data!r}"),
+            ((self.switch_at is None) == (self.then is None),
+             "a method schedule needs both switch_at (epochs of the first method) and then (the method after it)"),
+            (self.switch_at is None or 1 <= self.switch_at < self.epochs,
+             f"switch_at must be between 1 and epochs - 1 = {self.epochs - 1}, got {self.switch_at}"),
+            (self.then is None or self.then != self.method,
+             f"then names the method already running ({self.method!r}); give another method or drop the schedule"),
+            (0 < self.collapse.threshold < 1, f"collapse.threshold must be in (0, 1), got {self.collapse.threshold}"),
+            (0 < self.collapse.lr_factor < 1, f"collapse.lr_factor must be in (0, 1), got {self.collapse.lr_factor}"),
+            (self.collapse.max_decays >= 1, f"collapse.max_decays must be >= 1, got {self.collapse.max_decays}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise GradnasError(f"config: {message}")
+
+    @property
+    def methods(self) -> tuple:
+        """The method names this search runs, in order (two with a method schedule)."""
+        return (self.method,) if self.then is None else (self.method, self.then)
 
     @property
     def space_config(self):

@@ -17,6 +17,12 @@ from gradnas.errors import GradnasError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
+# Where the architecture batch of each step comes from (single-level paper, Table 1):
+#   split       the architecture half of the split (DARTS, MiLeNAS)
+#   same-split  another batch of the weight half: this epoch's next weight batch, so never the same images
+#   same-batch  the very batch that trains the weights (the same tensors)
+ALPHA_DATA = ("split", "same-split", "same-batch")
+
 
 @dataclass(frozen=True, eq=False)
 class SearchSplit:
@@ -88,11 +94,19 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 class PairedBatches:
-    """Paired (train batch, arch batch) per step, as in DARTS/MiLeNAS: one epoch = min(len(w), len(a)) // batch steps."""
+    """Paired (train batch, arch batch) per step, as in DARTS/MiLeNAS: one epoch = min(len(w), len(a)) // batch steps.
+
+    ``alpha_data`` (see ``ALPHA_DATA``) picks where the architecture batch comes from. With ``same-split``
+    and ``same-batch`` only the weight half is read, so an epoch is len(w) // batch steps; the
+    architecture half then serves only the end-of-epoch validation.
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, split: SearchSplit, *, batch_size: int,
-                 augment: Augment, device: torch.device | str, seed: int):
+                 augment: Augment, device: torch.device | str, seed: int, alpha_data: str = "split"):
         _check_xy(x, y)
+        if alpha_data not in ALPHA_DATA:
+            raise GradnasError(f"unknown alpha_data {alpha_data!r}; valid: {', '.join(ALPHA_DATA)}")
+        self.alpha_data = alpha_data
         n_w, n_a = len(split.weight_idx), len(split.arch_idx)
         if batch_size < 1 or batch_size > min(n_w, n_a):
             raise GradnasError(
@@ -112,7 +126,12 @@ class PairedBatches:
         self.batch_size = int(batch_size)
         self.augment = augment
         self.seed = int(seed)
-        self._steps = min(n_w, n_a) // self.batch_size  # the last incomplete batch is dropped
+        # the last incomplete batch is dropped
+        self._steps = (min(n_w, n_a) if alpha_data == "split" else n_w) // self.batch_size
+        if alpha_data == "same-split" and self._steps < 2:
+            raise GradnasError(f"alpha_data same-split takes the architecture batch from another batch of the "
+                               f"weight half, but {n_w} weight images make only {self._steps} batch of "
+                               f"{self.batch_size}; use a smaller batch size or more data")
 
     def __len__(self) -> int:
         return self._steps
@@ -132,21 +151,33 @@ class PairedBatches:
     def epoch_indices(self, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per step of ``epoch``, the (w indices, a indices) into x that ``epoch(epoch)`` uses."""
         pw, pa = self._orders(self._generator(epoch))
-        b = self.batch_size
-        return [(pw[k * b:(k + 1) * b], pa[k * b:(k + 1) * b]) for k in range(self._steps)]
+        return [(self._slice(pw, k), self._arch_slice(pw, pa, k)) for k in range(self._steps)]
+
+    def _slice(self, order: torch.Tensor, k: int) -> torch.Tensor:
+        return order[k * self.batch_size:(k + 1) * self.batch_size]
+
+    def _arch_slice(self, pw: torch.Tensor, pa: torch.Tensor, k: int) -> torch.Tensor:
+        if self.alpha_data == "split":
+            return self._slice(pa, k)
+        if self.alpha_data == "same-split":  # the next weight batch (wrapping): same half, other images
+            return self._slice(pw, (k + 1) % self._steps)
+        return self._slice(pw, k)
 
     def epoch(self, epoch: int) -> Iterator[tuple[Batch, Batch]]:
         """Yield ((x_w, y_w), (x_a, y_a)) for every step of ``epoch``, augmented, on the device."""
         g = self._generator(epoch)
         pw, pa = self._orders(g)
-        b = self.batch_size
         for k in range(self._steps):
-            wi, ai = pw[k * b:(k + 1) * b], pa[k * b:(k + 1) * b]
+            wi, ai = self._slice(pw, k), self._arch_slice(pw, pa, k)
             # Both halves are augmented (train=True), as DARTS does for its search split; the draws
             # continue from the same generator, after the permutations.
             xw = self.augment(self.x.index_select(0, wi), g, train=True)
+            train_batch = (xw, self.y.index_select(0, wi))
+            if self.alpha_data == "same-batch":
+                yield train_batch, train_batch  # the very same tensors, augmentation included
+                continue
             xa = self.augment(self.x.index_select(0, ai), g, train=True)
-            yield (xw, self.y.index_select(0, wi)), (xa, self.y.index_select(0, ai))
+            yield train_batch, (xa, self.y.index_select(0, ai))
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, augment: Augment,

@@ -12,6 +12,14 @@ Under torchrun (see ``gradnas.distributed``) every rank draws the same global ba
 each, and the method averages every gradient over the ranks; validation is split over the ranks and
 summed; only rank 0 writes the run folder.
 
+The papers' switches live here too, as hooks at the epoch boundaries: a method schedule (``switch_at`` /
+``then``: the second method is built at the start over the same model and optimizers, and takes over at
+the start of epoch ``switch_at + 1``), and the watch on parameter-free ops (``collapse``): each epoch
+records ``non_learnable_share`` of its genotype, warns when it rises above the threshold, and, with
+``collapse.lr_decay``, multiplies the weight learning rate by ``lr_factor``. That factor is a scale on
+top of the cosine schedule (lr = scale * cosine(epoch)), kept in the checkpoint with the count of decays.
+Where the architecture batch comes from (``alpha_data``) is the batches' business (``PairedBatches``).
+
 Run folder: config.yaml (resolved), split.json, metrics.jsonl, checkpoint.pt, genotype.json,
 summary.json (when finished).
 """
@@ -21,6 +29,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -39,7 +48,7 @@ from gradnas.data.sources import dataset_key
 from gradnas.errors import GradnasError
 from gradnas.relax import make_relaxation
 from gradnas.space import build_supernet, space_class
-from gradnas.space.genotype import save_genotype
+from gradnas.space.genotype import non_learnable_share, save_genotype
 from gradnas.search.methods import make_method, method_class
 from gradnas.search.probes import Probes
 
@@ -51,7 +60,10 @@ def check_names(cfg: SearchConfig) -> None:
     """Fail fast, with the valid choices, on an unknown space, relaxation, method or dataset."""
     space_class(cfg.space)
     make_relaxation(cfg.relax)
-    method_class(cfg.method)
+    classes = [method_class(name) for name in cfg.methods]
+    if cfg.alpha_data != "split" and not any(c.uses_val_batch for c in classes):
+        raise GradnasError(f"alpha_data {cfg.alpha_data!r} chooses the architecture batch, but method "
+                           f"{' then '.join(cfg.methods)} reads none; use darts or milenas, or drop alpha_data")
     dataset_key(cfg.data.dataset)
 
 
@@ -117,7 +129,8 @@ class Search:
         self.augment = Augment(data.mean, data.std, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
                                cutout=cfg.data.cutout)
         self.batches = PairedBatches(data.train_x, data.train_y, self.split, batch_size=cfg.batch_size,
-                                     augment=self.augment, device=self.device, seed=cfg.seed)
+                                     augment=self.augment, device=self.device, seed=cfg.seed,
+                                     alpha_data=cfg.alpha_data)
         self.val_x, self.val_y = data.train_x[self.split.arch_idx], data.train_y[self.split.arch_idx]
 
         self.model = build_supernet(cfg.space, cfg.space_config, make_relaxation(cfg.relax, cfg.relax_config),
@@ -126,12 +139,16 @@ class Search:
         # (key, lookup) of the space's tabular benchmark, or None: its figures for each derived cell
         self.benchmark = benchmark_for(cfg.space)
         self.w_optim, self.a_optim, self.scheduler = build_optimizers(cfg, self.model)
-        self.method = make_method(cfg.method, self.model, w_optim=self.w_optim, a_optim=self.a_optim,
-                                  grad_clip=cfg.w_optim.grad_clip, order=cfg.order, lam=cfg.lam, xi=cfg.xi,
-                                  fd_scale=cfg.fd_scale)
+        # Every method of the schedule over the same model and optimizers, built now so that an
+        # unsupported combination (e.g. single-level with order 2) fails before any epoch runs.
+        self._methods = [make_method(name, self.model, w_optim=self.w_optim, a_optim=self.a_optim,
+                                     grad_clip=cfg.w_optim.grad_clip, order=cfg.order, lam=cfg.lam, xi=cfg.xi,
+                                     fd_scale=cfg.fd_scale) for name in cfg.methods]
+        self.method = self._methods[0]
         if self.world.size > 1:
             distributed.broadcast_state(self.model)
-            self.method.grad_sync = distributed.average_  # weights' and alphas' gradients: the global batch's
+            for method in self._methods:  # weights' and alphas' gradients: the global batch's
+                method.grad_sync = distributed.average_
         # Optional per-epoch measurements (off by default); they leave the search untouched. The gap probe
         # evaluates the weight half exactly as the validation below evaluates the architecture half.
         same_as_validation = functools.partial(evaluate, self.model, augment=self.augment, batch_size=cfg.batch_size,
@@ -141,6 +158,9 @@ class Search:
                              evaluate=same_as_validation, device=self.device)
         self.epoch = 0
         self.best_valid_acc = -1.0
+        self.lr_scale = 1.0       # collapse.lr_decay: the factor on top of the cosine schedule
+        self.lr_decays = 0
+        self.last_share = None    # non_learnable_share of the last epoch's genotype (for the warning)
         if resume:
             self._load(load_checkpoint(self.out / CHECKPOINT_FILE, map_location=self.device))
 
@@ -169,7 +189,9 @@ class Search:
             "w_optim": self.w_optim.state_dict(),
             "a_optim": self.a_optim.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "method": self.method.state_dict(),
+            "method": self._methods[0].state_dict(),
+            **({"then_method": self._methods[1].state_dict()} if len(self._methods) > 1 else {}),
+            "collapse": {"lr_scale": self.lr_scale, "lr_decays": self.lr_decays, "last_share": self.last_share},
         }
 
     def _load(self, state: dict) -> None:
@@ -184,12 +206,18 @@ class Search:
             self.w_optim.load_state_dict(state["w_optim"])
             self.a_optim.load_state_dict(state["a_optim"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.method.load_state_dict(state["method"])
+            self._methods[0].load_state_dict(state["method"])
+            if len(self._methods) > 1:
+                self._methods[1].load_state_dict(state["then_method"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise GradnasError(f"checkpoint in {self.out} does not match this search ({str(exc).splitlines()[0]}); "
                                "start a new --out") from None
         self.epoch = int(state["epoch"])
         self.best_valid_acc = float(state["best_valid_acc"])
+        collapse = state.get("collapse", {})  # absent in checkpoints from before the collapse watch
+        self.lr_scale = float(collapse.get("lr_scale", 1.0))
+        self.lr_decays = int(collapse.get("lr_decays", 0))
+        self.last_share = collapse.get("last_share")
         # Metrics lines past the checkpoint belong to an epoch that will be run again.
         path = self.out / METRICS_FILE
         if path.exists() and self.world.is_main:
@@ -206,7 +234,8 @@ class Search:
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
             t0 = time.time()
-            lr = self.scheduler.get_last_lr()[0]
+            self._select_method(epoch)
+            lr = self.w_optim.param_groups[0]["lr"]  # the cosine schedule times the collapse lr scale
             relax_record = self.model.relaxation.start_epoch(epoch=epoch, epochs=cfg.epochs, seed=cfg.seed)
             self.model.train()
             sums = {}
@@ -225,7 +254,7 @@ class Search:
                             sums[key] = sums.get(key, 0.0) + value
                 bar.set_postfix(loss=f"{sums['train_loss'] / sums['train_n']:.3f}",
                                 acc=f"{100 * sums['train_correct'] / sums['train_n']:.1f}")
-            self.scheduler.step()
+            self._lr_step()
             if self.world.size > 1:  # whole-batch figures, and one set of BN statistics on every rank
                 keys = sorted(sums)
                 sums = dict(zip(keys, distributed.sum_values([sums[k] for k in keys], self.device)))
@@ -246,7 +275,9 @@ class Search:
                 "valid_loss": valid_loss,
                 "valid_acc": valid_acc,
                 "genotype": genotype.to_string(),
+                "method": self.method.name,
                 **relax_record,
+                **self._watch_collapse(genotype),
                 "epoch_time": time.time() - t0,
             }
             if self.benchmark:
@@ -276,6 +307,51 @@ class Search:
         if summary["finished"] and main:
             _write_json(self.out / SUMMARY_FILE, summary)
         return summary
+
+    # -- epoch-boundary hooks of the switches
+    def _select_method(self, epoch: int) -> None:
+        """The schedule's method for ``epoch`` (0-based): the second one from epoch ``switch_at`` on."""
+        new = self._methods[1 if self.cfg.switch_at is not None and epoch >= self.cfg.switch_at else 0]
+        if new is not self.method:
+            new.grad_sync = self.method.grad_sync  # however gradients are made global, keep doing it
+            self.method = new
+            self.probes.method = new  # the probes measure the objective of the method that runs
+
+    def _lr_step(self) -> None:
+        """One cosine step of the weight lr, then the collapse scale on top. The scheduler computes its
+        next value from the group's current lr, so it gets its own unscaled value back first."""
+        groups = self.w_optim.param_groups
+        for group, lr in zip(groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr
+        self.scheduler.step()
+        for group, lr in zip(groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr * self.lr_scale
+
+    def _watch_collapse(self, genotype) -> dict:
+        """After an epoch: the share of parameter-free ops in its genotype, the collapse warning and the
+        single-level paper's lr rule (4.1.4). Returns what goes into the epoch's metrics line."""
+        cc = self.cfg.collapse
+        share = non_learnable_share(genotype)
+        record = {"non_learnable_share": share}
+        above = share > cc.threshold
+        if above and cc.warn and (self.last_share is None or self.last_share <= cc.threshold):
+            record["collapse_warning"] = True
+            hint = ("" if cc.lr_decay else "; the single-level paper lowers the weight lr then "
+                    "(collapse.lr_decay, --lr-decay-on-collapse)")
+            tqdm.write(f"gradnas: warning: after epoch {self.epoch}, {share:.0%} of the derived cell's ops are "
+                       f"parameter-free (none, pooling, skip_connect), above collapse.threshold "
+                       f"{cc.threshold:g}: the search may be collapsing{hint}", file=sys.stderr)
+        self.last_share = share
+        if cc.lr_decay:
+            if above and self.lr_decays < cc.max_decays:
+                self.lr_scale *= cc.lr_factor
+                self.lr_decays += 1
+                for group, lr in zip(self.w_optim.param_groups, self.scheduler.get_last_lr()):
+                    group["lr"] = lr * self.lr_scale
+                record["lr_decay"] = {"count": self.lr_decays, "scale": self.lr_scale,
+                                      "next_lr": self.w_optim.param_groups[0]["lr"]}
+            record["lr_scale"] = self.lr_scale
+        return record
 
     def _check_finite(self, stats, epoch, step):
         for key in ("train_loss", "val_loss"):

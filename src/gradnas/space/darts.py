@@ -14,6 +14,10 @@ The supernet computes exactly sum_k p_k o_k(x) on every edge; it only avoids rep
   the source node, so it is computed once per source node and shared by all edges leaving it.
 
 A sampling relaxation (gumbel) names the ops to compute per edge; the others are not run at all.
+
+``stem: imagenet`` replaces the single stride-1 stem conv by the ImageNet search stem of the single-level
+paper (section 4.2.2, after PC-DARTS): three stride-2 3x3 convs bring the input to 1/8 of its side before
+the cells (224 -> 28); the first cell reads the 1/4 and 1/8 outputs, so it reduces its first input.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from gradnas.space.genotype import Genotype, derive_genotype
 from gradnas.space.ops import DARTS_OPS, OPS, SCALES_IN_BN, STARTS_WITH_RELU, FactorizedReduce, ReLUConvBN, check_op_names
 
 POOLS = {"max_pool_3x3": "max", "avg_pool_3x3": "avg"}
+STEMS = ("cifar", "imagenet")
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class DartsSpaceConfig:
     ops: tuple = DARTS_OPS
     stem_multiplier: int = 3
     channels_last: bool = True  # memory format of activations and weights; ~1.5x faster convs on CPU
+    stem: str = "cifar"          # cifar: one stride-1 conv; imagenet: three stride-2 convs (input / 8)
 
     def __post_init__(self):
         object.__setattr__(self, "ops", tuple(self.ops))
@@ -55,6 +61,8 @@ class DartsSpaceConfig:
             raise GradnasError(f"space.nodes must be >= 2 (each node keeps two inputs), got {self.nodes}")
         if self.channels < 2 or self.channels % 2:
             raise GradnasError(f"space.channels must be an even number >= 2, got {self.channels}")
+        if self.stem not in STEMS:
+            raise GradnasError(f"supernet.stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
 
     @property
     def num_edges(self) -> int:
@@ -154,11 +162,25 @@ class DartsSupernet(nn.Module):
         self.cfg = cfg
         self.relaxation = relaxation
         c = cfg.channels
-        c_curr = cfg.stem_multiplier * c
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
-        c_pp, c_p, c_curr = c_curr, c_curr, c
+        if cfg.stem == "imagenet":
+            # stem0: two stride-2 convs (1/4 of the side), stem1: a third (1/8); C channels each.
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
+            self.stem1 = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
+                                       nn.BatchNorm2d(c))
+            c_pp, c_p = c, c
+            reduction_prev = True  # the first cell's s0 is twice the size of its s1
+        else:
+            c_curr = cfg.stem_multiplier * c
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False),
+                                      nn.BatchNorm2d(c_curr))
+            self.stem1 = None
+            c_pp, c_p = c_curr, c_curr
+            reduction_prev = False
+        c_curr = c
         self.cells = nn.ModuleList()
-        reduction_prev = False
         for k in range(cfg.cells):
             reduction = k in cfg.reduction_cells()
             if reduction:
@@ -192,6 +214,8 @@ class DartsSupernet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         normal, reduce = (self.relaxation.forward_weights(a, training=self.training) for a in self.arch_parameters())
         s0 = s1 = self.stem(x)
+        if self.stem1 is not None:
+            s1 = self.stem1(s0)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, *(reduce if cell.reduction else normal))
         out = F.adaptive_avg_pool2d(s1, 1).flatten(1)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 from gradnas.errors import GradnasError
-from gradnas.space.ops import NB201_OPS
+from gradnas.space.ops import NB201_OPS, PARAMETER_FREE_OPS
 
 FORMAT = "gradnas.genotype/1"
 
@@ -258,6 +258,21 @@ class NB201Genotype:
 
 # JSON readers by the `space` field of a genotype file.
 GENOTYPES = {"darts": Genotype, "nb201": NB201Genotype}
+
+
+def chosen_ops(genotype) -> list:
+    """Every op the discrete cell(s) use, one per kept edge: DARTS both cells (2 x 2 per node),
+    NB-201 the 6 edges."""
+    if isinstance(genotype, NB201Genotype):
+        return [op for _, op in genotype.edges()]
+    return [op for op, _ in genotype.normal] + [op for op, _ in genotype.reduce]
+
+
+def non_learnable_share(genotype) -> float:
+    """The share of parameter-free ops (none, pooling, skip_connect) among the genotype's chosen ops: the
+    single-level paper's collapse indicator (section 4.1.4: decrease the weight lr above ~0.3)."""
+    ops = chosen_ops(genotype)
+    return sum(op in PARAMETER_FREE_OPS for op in ops) / len(ops)
 
 
 def genotype_from_dict(d, *, source: str = "genotype"):
