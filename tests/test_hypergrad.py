@@ -128,7 +128,8 @@ def _state(model, w_opt):
     return out
 
 
-@pytest.mark.parametrize("method,relax", [("darts", "softmax"), ("milenas", "softmax"), ("darts", "gumbel")])
+@pytest.mark.parametrize("method,relax", [("darts", "softmax"), ("milenas", "softmax"), ("darts", "gumbel"),
+                                          ("milenas", "gumbel")])
 def test_virtual_step_leaves_real_state_alone(method, relax):
     """With alpha's learning rate 0, a second-order step must leave the weights, optimizer state, BN running
     statistics and random stream exactly as the weight step alone would."""

@@ -59,11 +59,12 @@ class Functional:
         self.names = [by_id[id(w)] for w in weights]
         self.sync = sync
 
-    def _grad(self, loss, inputs):
-        # Weights of ops a sampled (Gumbel) forward pass did not run get an exact zero gradient.
-        grads = list(torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=True))
+    def _grad(self, loss, inputs, *, materialize: bool = True):
+        # Weights of ops a sampled (Gumbel) forward pass did not run get an exact zero gradient, or None
+        # (materialize=False) where, as for torch.optim.SGD, "no gradient" must differ from a zero one.
+        grads = list(torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=materialize))
         if self.sync is not None:
-            self.sync(grads)
+            self.sync([g for g in grads if g is not None])
         return grads
 
     @contextmanager
@@ -95,7 +96,7 @@ class Functional:
         with self._isolated():
             w = [t.detach().requires_grad_(True) for t in weights]
             loss, info = self.forward(w, batch)
-            return self._grad(loss, w), info
+            return self._grad(loss, w, materialize=False), info
 
     def alpha_grad(self, weights, alphas, batch):
         """grad_a L(w, alpha; batch); the weights are constants, so no weight gradient is computed."""
@@ -120,6 +121,9 @@ def sgd_direction(w_optim: torch.optim.SGD, weights: Sequence[torch.Tensor], gra
     group_of = {id(p): g for g in w_optim.param_groups for p in g["params"]}
     out = []
     for w, g in zip(weights, grads):
+        if g is None:  # SGD skips a parameter without a gradient (an op a Gumbel sample did not run)
+            out.append(torch.zeros_like(w))
+            continue
         group = group_of[id(w)]
         g = -g if group.get("maximize") else g
         d = g + group["weight_decay"] * w.detach() if group["weight_decay"] else g
