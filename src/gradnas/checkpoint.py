@@ -18,11 +18,18 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     moment leaves either the previous checkpoint or the new one, never a torn file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write (disk full) as RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+        kept = "the previous checkpoint there is intact" if path.exists() else "no earlier checkpoint exists"
+        raise GradnasError(f"could not write the checkpoint {path} ({reason}); {kept}. Free some disk space "
+                           "(or fix the folder's permissions), then resume the run") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

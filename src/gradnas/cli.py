@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gradnas.errors import GradnasError
+from gradnas.signals import Interrupted
 
 DEFAULT_CONFIG = "quick"  # what plain `gradnas search` runs: MiLeNAS-1st on Fashion-MNIST, a proxy supernet
 DEFAULT_SETTING = "quick"  # what plain `gradnas train` runs: a small network on Fashion-MNIST, minutes on a CPU
@@ -201,7 +202,11 @@ def cmd_train(args) -> int:
         for flag, given in (("--setting", args.setting), ("--genotype", args.genotype), ("--size", args.size)):
             if given:
                 raise GradnasError(f"--resume takes the setting and genotype from the run folder; drop {flag}")
-        saved = TrainConfig.from_dict(load_yaml(str(run_dir / CONFIG_FILE)))
+        saved_dict = load_yaml(str(run_dir / CONFIG_FILE))
+        if "method" in saved_dict or "space" in saved_dict:
+            raise GradnasError(f"{run_dir} is a search run folder, not a training one; train its genotype with "
+                               f"`gradnas train --genotype {run_dir}`")
+        saved = TrainConfig.from_dict(saved_dict)
         cfg = TrainConfig.from_dict(apply_train_overrides(saved.to_dict(), args))
         diff = resume_conflicts(saved.to_dict(), cfg.to_dict())
         if diff:
@@ -230,7 +235,10 @@ def cmd_train(args) -> int:
         if args.resume:
             say(f"resuming {out} after epoch {training.epoch}/{cfg.epochs}", file=sys.stderr)
         try:
-            summary = training.run()
+            summary = training.run(stop_on_signal=True)
+        except Interrupted as stop:
+            say(f"\ngradnas: {stop}", file=sys.stderr)
+            return stop.exit_code
         except KeyboardInterrupt:
             say(f"\ninterrupted; the last finished epoch ({training.epoch}) is saved. Continue with:\n"
                 f"  gradnas train --resume {out}", file=sys.stderr)
@@ -370,7 +378,11 @@ def cmd_search(args) -> int:
         if not (run_dir / CONFIG_FILE).is_file():
             raise GradnasError(f"{run_dir} is not a gradnas run folder (no {CONFIG_FILE}); give the folder a "
                                "search wrote")
-        saved = SearchConfig.from_dict(load_yaml(str(run_dir / CONFIG_FILE)))
+        saved_dict = load_yaml(str(run_dir / CONFIG_FILE))
+        if "network" in saved_dict:
+            raise GradnasError(f"{run_dir} is a training run folder, not a search; continue it with "
+                               f"`gradnas train --resume {run_dir}`")
+        saved = SearchConfig.from_dict(saved_dict)
         if args.config:
             raise GradnasError("--resume takes its config from the run folder; drop --config")
         cfg = config_from_cli(saved.to_dict(), args)
@@ -393,7 +405,10 @@ def cmd_search(args) -> int:
         if args.resume:
             say(f"resuming {out} after epoch {search.epoch}/{cfg.epochs}", file=sys.stderr)
         try:
-            summary = search.run()
+            summary = search.run(stop_on_signal=True)
+        except Interrupted as stop:
+            say(f"\ngradnas: {stop}", file=sys.stderr)
+            return stop.exit_code
         except KeyboardInterrupt:
             say(f"\ninterrupted; the last finished epoch ({search.epoch}) is saved. Continue with:\n"
                 f"  gradnas search --resume {out}", file=sys.stderr)
@@ -616,6 +631,11 @@ def main(argv=None) -> int:
         return handlers[args.command](args)
     except GradnasError as exc:
         print(f"gradnas: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine's, not the input's: a full disk, a folder without write permission
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"gradnas: error: {exc.strerror or exc}{where}; free disk space or fix the permissions, then run "
+              "again (a search or training continues with --resume RUN_DIR)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ngradnas: interrupted", file=sys.stderr)

@@ -163,21 +163,25 @@ class PairedBatches:
             return self._slice(pw, (k + 1) % self._steps)
         return self._slice(pw, k)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Batch, Batch]]:
-        """Yield ((x_w, y_w), (x_a, y_a)) for every step of ``epoch``, augmented, on the device."""
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Batch, Batch]]:
+        """Yield ((x_w, y_w), (x_a, y_a)) for every step of ``epoch`` from step ``start`` on (a run resumed
+        mid-epoch), augmented, on the device."""
         g = self._generator(epoch)
         pw, pa = self._orders(g)
         for k in range(self._steps):
             wi, ai = self._slice(pw, k), self._arch_slice(pw, pa, k)
             # Both halves are augmented (train=True), as DARTS does for its search split; the draws
-            # continue from the same generator, after the permutations.
+            # continue from the same generator, after the permutations. Skipped steps are augmented too
+            # (and thrown away), so the generator is where it would be.
             xw = self.augment(self.x.index_select(0, wi), g, train=True)
             train_batch = (xw, self.y.index_select(0, wi))
             if self.alpha_data == "same-batch":
-                yield train_batch, train_batch  # the very same tensors, augmentation included
+                if k >= start:
+                    yield train_batch, train_batch  # the very same tensors, augmentation included
                 continue
             xa = self.augment(self.x.index_select(0, ai), g, train=True)
-            yield train_batch, (xa, self.y.index_select(0, ai))
+            if k >= start:
+                yield train_batch, (xa, self.y.index_select(0, ai))
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, augment: Augment,
@@ -220,8 +224,9 @@ class ShuffledBatches:
     def __len__(self) -> int:
         return self._steps
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        """Yield this epoch's (x, y) batches (this rank's part of each), augmented, on the device."""
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Yield this epoch's (x, y) batches (this rank's part of each), augmented, on the device, from step
+        ``start`` on; skipped steps still draw their augmentation, so the rest is what it would be."""
         g = torch.Generator(device=self.device)
         g.manual_seed((self.seed * 1_000_003 + int(epoch)) % 2**64)
         order = torch.randperm(len(self.x), generator=g, device=self.device)
@@ -229,4 +234,5 @@ class ShuffledBatches:
         for k in range(self._steps):
             idx = order[k * b:(k + 1) * b]
             xb = self.augment(self.x.index_select(0, idx), g, train=True)
-            yield xb[self.part], self.y.index_select(0, idx)[self.part]
+            if k >= start:
+                yield xb[self.part], self.y.index_select(0, idx)[self.part]

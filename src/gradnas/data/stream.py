@@ -143,9 +143,10 @@ class StreamBatches:
             batches.append([(order[p], sample_seed(self.seed, epoch, p)) for p in positions])
         return batches
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple]:
-        """Yield (uint8 N x 3 x size x size, int64 labels) on the CPU."""
-        keys = self._keys(epoch)
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple]:
+        """Yield (uint8 N x 3 x size x size, int64 labels) on the CPU, from batch ``start`` on (every
+        image's crop comes from its own key, so skipped batches need no decoding)."""
+        keys = self._keys(epoch)[start:]
         loader = torch.utils.data.DataLoader(self.samples, batch_sampler=keys, num_workers=self.workers,
                                              collate_fn=_collate)
         for x, y, errors in loader:

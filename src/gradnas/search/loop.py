@@ -51,6 +51,7 @@ from gradnas.space import build_supernet, space_class
 from gradnas.space.genotype import non_learnable_share, save_genotype
 from gradnas.search.methods import make_method, method_class
 from gradnas.search.probes import Probes
+from gradnas.signals import Interrupted, StopOnSignal
 
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
 CHECKPOINT_FILE, GENOTYPE_FILE, SUMMARY_FILE = "checkpoint.pt", "genotype.json", "summary.json"
@@ -161,7 +162,16 @@ class Search:
         self.lr_scale = 1.0       # collapse.lr_decay: the factor on top of the cosine schedule
         self.lr_decays = 0
         self.last_share = None    # non_learnable_share of the last epoch's genotype (for the warning)
-        if resume:
+        # A checkpoint written on SIGINT/SIGTERM is mid-epoch: steps done in epoch `self.epoch` + 1, the
+        # running sums, and the random streams a step draws from (see `_partial_state`).
+        self.step, self._partial = 0, None
+        if resume and not (self.out / CHECKPOINT_FILE).exists() and (self.out / CONFIG_FILE).is_file():
+            # Stopped before its first checkpoint: nothing was done that counts, so start at epoch 1.
+            if self.world.is_main:
+                (self.out / METRICS_FILE).write_text("")
+                print(f"gradnas: {self.out} has no checkpoint yet (stopped during the first epoch); "
+                      "starting from epoch 1", file=sys.stderr)
+        elif resume:
             self._load(load_checkpoint(self.out / CHECKPOINT_FILE, map_location=self.device))
 
     # -- folder and state
@@ -192,6 +202,8 @@ class Search:
             "method": self._methods[0].state_dict(),
             **({"then_method": self._methods[1].state_dict()} if len(self._methods) > 1 else {}),
             "collapse": {"lr_scale": self.lr_scale, "lr_decays": self.lr_decays, "last_share": self.last_share},
+            "step": self.step,
+            **({"partial": self._partial} if self.step else {}),
         }
 
     def _load(self, state: dict) -> None:
@@ -218,6 +230,11 @@ class Search:
         self.lr_scale = float(collapse.get("lr_scale", 1.0))
         self.lr_decays = int(collapse.get("lr_decays", 0))
         self.last_share = collapse.get("last_share")
+        self.step = int(state.get("step", 0))  # absent before mid-epoch checkpoints: an epoch boundary
+        self._partial = state.get("partial") if self.step else None
+        if self.step and (self._partial is None or not 0 < self.step < len(self.batches)):
+            raise GradnasError(f"checkpoint in {self.out} stops at step {self.step} of an epoch of "
+                               f"{len(self.batches)} steps; it does not match this search, start a new --out")
         # Metrics lines past the checkpoint belong to an epoch that will be run again.
         path = self.out / METRICS_FILE
         if path.exists() and self.world.is_main:
@@ -225,8 +242,17 @@ class Search:
             path.write_text("".join(l + "\n" for l in kept))
 
     # -- the loop
-    def run(self, *, stop_after_epoch: int | None = None) -> dict:
-        """Run the remaining epochs; `stop_after_epoch` ends early after that epoch (as a crash would)."""
+    def run(self, *, stop_after_epoch: int | None = None, stop_on_signal: bool = False) -> dict:
+        """Run the remaining epochs; `stop_after_epoch` ends early after that epoch (as a crash would).
+
+        With ``stop_on_signal`` (the CLI's way), a SIGINT or SIGTERM lets the step in flight finish, writes
+        a checkpoint of that point, mid-epoch included, and raises :class:`gradnas.signals.Interrupted`;
+        ``--resume`` then continues from the next step exactly. (Only on one process: under torchrun the
+        signal stops at once and the run resumes from its last end-of-epoch checkpoint.)"""
+        with StopOnSignal(stop_on_signal and self.world.size == 1) as guard:
+            return self._run(stop_after_epoch, guard)
+
+    def _run(self, stop_after_epoch, guard) -> dict:
         cfg = self.cfg
         steps = len(self.batches)
         main, part = self.world.is_main, self.world.shard(cfg.batch_size)
@@ -238,10 +264,15 @@ class Search:
             lr = self.w_optim.param_groups[0]["lr"]  # the cosine schedule times the collapse lr scale
             relax_record = self.model.relaxation.start_epoch(epoch=epoch, epochs=cfg.epochs, seed=cfg.seed)
             self.model.train()
-            sums = {}
-            bar = tqdm(self.batches.epoch(epoch), total=steps, disable=not (self.progress and main), leave=False,
+            start, sums = self.step, {}
+            if start:  # resumed mid-epoch: the sums so far and the random streams as they were
+                sums = dict(self._partial["sums"])
+                self._restore_streams(self._partial)
+                t0 -= float(self._partial.get("elapsed", 0.0))
+            bar = tqdm(self.batches.epoch(epoch, start), total=steps, initial=start,
+                       disable=not (self.progress and main), leave=False,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
-            for step, (train_batch, val_batch) in enumerate(bar):
+            for step, (train_batch, val_batch) in enumerate(bar, start):
                 if self.world.size > 1:  # this rank's slice of the global batch
                     train_batch, val_batch = ((x[part], y[part]) for x, y in (train_batch, val_batch))
                 stats = self.method.step(train_batch, val_batch if self.method.uses_val_batch else None)
@@ -254,6 +285,10 @@ class Search:
                             sums[key] = sums.get(key, 0.0) + value
                 bar.set_postfix(loss=f"{sums['train_loss'] / sums['train_n']:.3f}",
                                 acc=f"{100 * sums['train_correct'] / sums['train_n']:.1f}")
+                if guard.requested and step + 1 < steps:
+                    bar.close()
+                    self._stop_mid_epoch(epoch, step + 1, sums, time.time() - t0, guard)
+            self.step, self._partial = 0, None
             self._lr_step()
             if self.world.size > 1:  # whole-batch figures, and one set of BN statistics on every rank
                 keys = sorted(sums)
@@ -298,6 +333,10 @@ class Search:
                          if self.benchmark else "")
                 tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {record['train_acc']:.2f}  "
                            f"valid acc {valid_acc:.2f}  {genotype}{bench}")
+            if guard.requested and self.epoch < cfg.epochs:  # arrived during validation or the checkpoint
+                raise Interrupted(f"stopped by {guard.name} after epoch {self.epoch}/{cfg.epochs}; its checkpoint "
+                                  f"is saved. Continue with:\n  gradnas search --resume {self.out}",
+                                  signum=guard.requested)
         final = self.model.genotype()
         summary = {"epochs_done": self.epoch, "finished": self.epoch >= cfg.epochs,
                    "genotype": final.to_string(), "best_valid_acc": self.best_valid_acc,
@@ -307,6 +346,28 @@ class Search:
         if summary["finished"] and main:
             _write_json(self.out / SUMMARY_FILE, summary)
         return summary
+
+    # -- stopping mid-epoch
+    def _stop_mid_epoch(self, epoch: int, step: int, sums: dict, elapsed: float, guard) -> None:
+        """Checkpoint after ``step`` steps of ``epoch`` (0-based) and raise Interrupted. Besides the
+        weights, alphas and optimizers, a resumed step needs the running sums of the epoch's metrics and
+        the random streams a step may draw from: the global torch RNG and a sampling relaxation's own
+        generator (the data's stream is re-created from (seed, epoch) and fast-forwarded)."""
+        self.step = step
+        relax_gen = getattr(self.model.relaxation, "generator", None)
+        self._partial = {"sums": dict(sums), "elapsed": elapsed, "torch_rng": torch.get_rng_state(),
+                         **({"relax_rng": relax_gen.get_state()} if relax_gen is not None else {})}
+        if self.world.is_main:
+            save_checkpoint(self.state_dict(), self.out / CHECKPOINT_FILE)
+        raise Interrupted(f"stopped by {guard.name} in epoch {epoch + 1}/{self.cfg.epochs} after step {step}/"
+                          f"{len(self.batches)}; a checkpoint of that step is saved. Continue with:\n"
+                          f"  gradnas search --resume {self.out}", signum=guard.requested)
+
+    def _restore_streams(self, partial: dict) -> None:
+        torch.set_rng_state(partial["torch_rng"])
+        relax_gen = getattr(self.model.relaxation, "generator", None)
+        if relax_gen is not None and "relax_rng" in partial:
+            relax_gen.set_state(partial["relax_rng"])
 
     # -- epoch-boundary hooks of the switches
     def _select_method(self, epoch: int) -> None:

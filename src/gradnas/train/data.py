@@ -23,7 +23,8 @@ from gradnas.train.config import TrainDataConfig
 
 @dataclass
 class TrainData:
-    """What the loop needs: ``epoch(e)`` and ``test()`` yield normalised (x, y) batches on the device."""
+    """What the loop needs: ``epoch(e, start=0)`` (from step ``start`` on) and ``test()`` yield normalised
+    (x, y) batches on the device."""
 
     epoch: Callable[[int], Iterator]
     test: Callable[[], Iterator]
@@ -105,10 +106,15 @@ def _streamed(cfg: TrainDataConfig, *, batch_size, seed, device, world, part) ->
     # Crop and flip happen per image while decoding; on the device only cutout (if any) and normalisation.
     normalize = Augment(mean, std, crop_padding=0, flip=False, cutout=cfg.cutout)
 
-    def epoch(e):
+    def epoch(e, start=0):
         g = torch.Generator(device=device)
         g.manual_seed(((seed * 1_000_003 + e) * 1_009 + world.rank) % 2**64)  # cutout draws: this rank's own stream
-        for x, y in batches.epoch(e):
+        if start and cfg.cutout:  # a resumed epoch: the skipped batches' cutout draws depend on their shape only
+            blank = torch.zeros(len(range(batch_size)[part or slice(None)]), 3, size, size, dtype=torch.uint8,
+                                device=device)
+            for _ in range(start):
+                normalize(blank, g, train=True)
+        for x, y in batches.epoch(e, start):
             yield normalize(x.to(device, non_blocking=True), g, train=True), y.to(device)
 
     def test():

@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from gradnas.space.darts_network import count_params_m
 from gradnas.space.genotype import Genotype, load_genotype, save_genotype
 from gradnas.train.config import TrainConfig
 from gradnas.train.data import make_train_data
+from gradnas.signals import Interrupted, StopOnSignal
 
 CONFIG_FILE, GENOTYPE_FILE, NETWORK_FILE = "config.yaml", "genotype.json", "network.json"
 METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE = "metrics.jsonl", "checkpoint.pt", "summary.json"
@@ -118,7 +120,16 @@ class Training:
         self.epoch = 0
         self.best_test_acc = -1.0
         self.last_test: dict = {}  # the last epoch's test figures
-        if resume:
+        # A checkpoint written on SIGINT/SIGTERM is mid-epoch: the steps done in the next epoch, the
+        # running sums and the random streams a step draws from.
+        self.step, self._partial = 0, None
+        if resume and not (self.out / CHECKPOINT_FILE).exists() and (self.out / CONFIG_FILE).is_file():
+            # Stopped before its first checkpoint: nothing was done that counts, so start at epoch 1.
+            if self.world.is_main:
+                (self.out / METRICS_FILE).write_text("")
+                print(f"gradnas: {self.out} has no checkpoint yet (stopped during the first epoch); "
+                      "starting from epoch 1", file=sys.stderr)
+        elif resume:
             self._load(load_checkpoint(self.out / CHECKPOINT_FILE, map_location=self.device))
         elif self.world.is_main:
             _write_json(self.out / NETWORK_FILE, self.network_info())
@@ -154,7 +165,8 @@ class Training:
     def state_dict(self) -> dict:
         return {"config": self.cfg.to_dict(), "genotype": self.genotype.to_string(), "epoch": self.epoch,
                 "best_test_acc": self.best_test_acc, "last_test": self.last_test, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "step": self.step, **({"partial": self._partial} if self.step else {})}
 
     def _load(self, state: dict) -> None:
         diff = resume_conflicts(state["config"], self.cfg.to_dict())
@@ -174,6 +186,11 @@ class Training:
         self.epoch = int(state["epoch"])
         self.best_test_acc = float(state["best_test_acc"])
         self.last_test = dict(state.get("last_test", {}))
+        self.step = int(state.get("step", 0))  # absent before mid-epoch checkpoints: an epoch boundary
+        self._partial = state.get("partial") if self.step else None
+        if self.step and (self._partial is None or not 0 < self.step < self.data.steps):
+            raise GradnasError(f"checkpoint in {self.out} stops at step {self.step} of an epoch of "
+                               f"{self.data.steps} steps; it does not match this run, start a new --out")
         path = self.out / METRICS_FILE  # lines past the checkpoint belong to an epoch that will run again
         if path.exists() and self.world.is_main:
             kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= self.epoch]
@@ -199,18 +216,27 @@ class Training:
                                                                                  label_smoothing=smoothing)
         return total, logits, loss
 
-    def _train_epoch(self, epoch: int) -> dict:
+    def _train_epoch(self, epoch: int, guard) -> dict:
         cfg = self.cfg
         self.model.train()
+        drop_path_gen = None
         if hasattr(self.model, "drop_path_prob"):
             # DARTS: the drop-path probability grows linearly from 0 to network.drop_path over the epochs.
             self.model.drop_path_prob = cfg.network.drop_path * epoch / cfg.epochs
-            self.model.drop_path_generator = _step_generator(self.device, cfg.seed, epoch, self.world.rank)
+            drop_path_gen = _step_generator(self.device, cfg.seed, epoch, self.world.rank)
+            self.model.drop_path_generator = drop_path_gen
         params = [p for p in self.model.parameters()]
         loss_sum, correct, n = 0.0, 0, 0
-        bar = tqdm(self.data.epoch(epoch), total=self.data.steps, disable=not (self.progress and self.world.is_main),
+        start = self.step
+        if start:  # resumed mid-epoch: the sums so far and the random streams as they were
+            loss_sum, correct, n = self._partial["sums"]
+            torch.set_rng_state(self._partial["torch_rng"])
+            if drop_path_gen is not None:
+                drop_path_gen.set_state(self._partial["drop_path_rng"])
+        bar = tqdm(self.data.epoch(epoch, start), total=self.data.steps, initial=start,
+                   disable=not (self.progress and self.world.is_main),
                    leave=False, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
-        for step, (x, y) in enumerate(bar):
+        for step, (x, y) in enumerate(bar, start):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             total, logits, loss = self._loss(x, y)
@@ -227,6 +253,10 @@ class Training:
             correct += int((logits.detach().argmax(1) == y).sum())
             n += len(y)
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{100 * correct / n:.1f}")
+            if guard.requested and step + 1 < self.data.steps:
+                bar.close()
+                self._stop_mid_epoch(epoch, step + 1, (loss_sum, correct, n), drop_path_gen, guard)
+        self.step, self._partial = 0, None
         loss_sum, correct, n = distributed.sum_values([loss_sum, correct, n], self.device)
         return {"train_loss": loss_sum / max(n, 1), "train_acc": 100.0 * correct / max(n, 1)}
 
@@ -253,9 +283,28 @@ class Training:
             out["test_top5"] = 100.0 * topk / max(n, 1)
         return out
 
+    def _stop_mid_epoch(self, epoch: int, step: int, sums: tuple, drop_path_gen, guard) -> None:
+        """Checkpoint after ``step`` steps of ``epoch`` (0-based), with what a resumed step needs (running
+        sums, the global torch RNG, the drop-path generator), and raise Interrupted."""
+        self.step = step
+        self._partial = {"sums": list(sums), "torch_rng": torch.get_rng_state(),
+                         **({"drop_path_rng": drop_path_gen.get_state()} if drop_path_gen is not None else {})}
+        if self.world.is_main:
+            save_checkpoint(self.state_dict(), self.out / CHECKPOINT_FILE)
+        raise Interrupted(f"stopped by {guard.name} in epoch {epoch + 1}/{self.cfg.epochs} after step {step}/"
+                          f"{self.data.steps}; a checkpoint of that step is saved. Continue with:\n"
+                          f"  gradnas train --resume {self.out}", signum=guard.requested)
+
     # -- the loop
-    def run(self, *, stop_after_epoch: int | None = None) -> dict:
-        """Run the remaining epochs; ``stop_after_epoch`` ends early after that epoch (as a crash would)."""
+    def run(self, *, stop_after_epoch: int | None = None, stop_on_signal: bool = False) -> dict:
+        """Run the remaining epochs; ``stop_after_epoch`` ends early after that epoch (as a crash would).
+
+        With ``stop_on_signal`` (the CLI's way) a SIGINT or SIGTERM lets the step in flight finish, writes a
+        checkpoint of that point and raises :class:`gradnas.signals.Interrupted` (one process only)."""
+        with StopOnSignal(stop_on_signal and self.world.size == 1) as guard:
+            return self._run(stop_after_epoch, guard)
+
+    def _run(self, stop_after_epoch, guard) -> dict:
         cfg, main = self.cfg, self.world.is_main
         for epoch in range(self.epoch, cfg.epochs):
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
@@ -263,7 +312,7 @@ class Training:
             t0 = time.time()
             lr = self.scheduler.get_last_lr()[0]
             record = {"epoch": epoch + 1, "lr": lr, "drop_path": cfg.network.drop_path * epoch / cfg.epochs}
-            record.update(self._train_epoch(epoch))
+            record.update(self._train_epoch(epoch, guard))
             self.scheduler.step()
             distributed.average_buffers(self.model)  # one set of BN statistics on every rank
             record.update(self.evaluate())
@@ -282,6 +331,10 @@ class Training:
                 top5 = f"  top-5 {record['test_top5']:.2f}" if "test_top5" in record else ""
                 tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {record['train_acc']:.2f}  "
                            f"test acc {record['test_acc']:.2f}{top5}  ({record['epoch_time']:.0f} s)")
+            if guard.requested and self.epoch < cfg.epochs:  # arrived during the test pass or the checkpoint
+                raise Interrupted(f"stopped by {guard.name} after epoch {self.epoch}/{cfg.epochs}; its checkpoint "
+                                  f"is saved. Continue with:\n  gradnas train --resume {self.out}",
+                                  signum=guard.requested)
         summary = {"epochs_done": self.epoch, "finished": self.epoch >= cfg.epochs,
                    "genotype": self.genotype.to_string(), "params_m": self.params_m, "macs_m": self.macs_m,
                    **self.last_test, "best_test_acc": self.best_test_acc, "run_dir": str(self.out)}

@@ -1,0 +1,62 @@
+"""Stopping a long job on SIGINT / SIGTERM without losing work.
+
+A job that runs under :class:`StopOnSignal` turns the first SIGINT (Ctrl-C) or SIGTERM (``kill``, a
+cluster scheduler's pre-emption) into a request: the step in flight finishes, the loop writes a checkpoint
+of exactly where it is (mid-epoch included) and raises :class:`Interrupted`, which the CLI prints as one
+message naming the resume command. A second signal while that is happening stops at once
+(KeyboardInterrupt), leaving the last checkpoint on disk as it was: checkpoints are written atomically
+(``gradnas.checkpoint``), so a stop at any moment leaves a whole one.
+
+Only the main thread of a single process can own signal handlers; elsewhere (a thread, a torchrun
+worker) the guard does nothing and the default behaviour stays: a SIGINT stops at once and the run
+resumes from its last end-of-epoch checkpoint.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """Raised by a loop after it has written the checkpoint a stop request asked for."""
+
+    def __init__(self, message: str, *, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for "ended by signal N"
+
+
+class StopOnSignal:
+    """Context manager: while active, SIGINT / SIGTERM set :attr:`requested` (the signal number) instead of
+    interrupting; a second one raises KeyboardInterrupt. Previous handlers come back on exit."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __enter__(self):
+        if self.enabled:
+            for s in SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+        return False
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.requested).name if self.requested is not None else ""
