@@ -28,7 +28,7 @@ def _fails(capsys, argv, *needles):
     """Run the CLI in this process; exactly one error line, exit 2, every needle in it."""
     rc = main([str(a) for a in argv])
     err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("gradnas: warning: ")]
     assert rc == 2, err
     assert len(lines) == 1 and lines[0].startswith("gradnas: error: "), err
     assert "Traceback" not in err
@@ -203,7 +203,11 @@ class _Payload:
 # -------------------------------------------------------------------------------- genotypes
 
 def _geno_file(tmp_path, finished_run, edit):
-    d = json.loads((finished_run / "genotype.json").read_text())
+    """The DARTS paper's cell as genotype JSON, edited."""
+    from gradnas.cli import DARTS_V2
+    from gradnas.space.genotype import Genotype, save_genotype
+    save_genotype(Genotype.from_string(DARTS_V2), tmp_path / "v2.json")
+    d = json.loads((tmp_path / "v2.json").read_text())
     edit(d)
     p = tmp_path / "geno.json"
     p.write_text(json.dumps(d))
@@ -215,7 +219,7 @@ def test_genotype_with_unknown_op(capsys, tmp_path, finished_run):
         d["normal"][0][0] = "conv_7x7_evil"
         d.pop("string", None)
     p = _geno_file(tmp_path, finished_run, edit)
-    _fails(capsys, ["genotype", p], "conv_7x7_evil")
+    _fails(capsys, ["genotype", p], "op 'conv_7x7_evil' is not in the space")
     _fails(capsys, ["train", "--genotype", p, "--out", tmp_path / "t"], "conv_7x7_evil")
 
 
@@ -224,12 +228,12 @@ def test_genotype_with_wrong_node_index(capsys, tmp_path, finished_run):
         d["normal"][0][1] = 7
         d.pop("string", None)
     p = _geno_file(tmp_path, finished_run, edit)
-    _fails(capsys, ["genotype", p], "7")
+    _fails(capsys, ["genotype", p], "node 2: input 7 is out of range")
 
 
 def test_genotype_of_the_wrong_space(capsys, tmp_path):
     nb201 = "|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|+|none~0|nor_conv_1x1~1|skip_connect~2|"
-    _fails(capsys, ["genotype", nb201, "--space", "darts"], "nb201")
+    _fails(capsys, ["genotype", nb201, "--space", "darts"], "a cell of the 'nb201' space, not of 'darts'")
 
 
 def test_genotype_json_that_is_code(capsys, tmp_path):
@@ -267,7 +271,7 @@ def test_unknown_config_keys(capsys, tmp_path):
     (["--batch-size", "0"], "batch_size must be >= 1"),
     (["--relax", "gumbel", "--set", "gumbel.tau_min=0"], "0 < tau_min"),
     (["--relax", "gumbel", "--set", "gumbel.tau_max=-1"], "0 < tau_min <= tau_max"),
-    (["--set", "w_optim.lr=-0.1"], "w_optim.lr"),
+    (["--set", "w_optim.lr=-0.1"], "w_optim.lr must be a finite number > 0"),
     (["--set", "data.split_fraction=1.5"], "split_fraction"),
 ])
 def test_out_of_range_numbers(capsys, tmp_path, flags, needle):

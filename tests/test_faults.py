@@ -263,3 +263,56 @@ def test_sigkill_before_the_first_checkpoint_resumes_from_scratch(tmp_path, unin
     _, err = _finish(["search", "--resume", str(run), "--quiet"])
     assert "no checkpoint yet" in err
     _same_state(_final(ref), _final(run))
+
+
+# -------------------------------------------------------------------------------- determinism
+
+@pytest.mark.parametrize("kind", ["milenas-softmax", "darts-gumbel-nb201"])
+def test_same_seed_gives_bit_identical_alphas_and_genotype(tmp_path, kind):
+    over = {} if kind == "milenas-softmax" else dict(method="darts", relax="gumbel", space="nb201",
+                                                      nb201={"cells_per_stage": 1, "channels": 4})
+    runs = []
+    seeds = (("a", 3), ("b", 3)) if kind == "milenas-softmax" else (("a", 3), ("b", 3), ("c", 4))
+    for name, seed in seeds:
+        search = Search(search_config(epochs=2, seed=seed, **over), tmp_path / name, progress=False)
+        search.run()
+        runs.append(([a.detach().clone() for a in search.model.arch_parameters()], search.model.genotype()))
+    (alpha_a, geno_a), (alpha_b, geno_b) = runs[:2]
+    assert all(torch.equal(x, y) for x, y in zip(alpha_a, alpha_b)) and geno_a == geno_b
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    if len(runs) > 2:  # the seed does matter (Gumbel samples, data order, initialisation)
+        assert not all(torch.equal(x, y) for x, y in zip(alpha_a, runs[2][0]))
+
+
+def test_same_seed_in_two_processes_is_bit_identical(tmp_path, uninterrupted):
+    ref, _ = uninterrupted
+    _finish([*CLI_SEARCH, "--out", str(tmp_path / "again")])
+    _same_state(_final(ref), _final(tmp_path / "again"))
+    assert (ref / "genotype.json").read_text() == (tmp_path / "again" / "genotype.json").read_text()
+
+
+def test_training_sigkill_at_random_moments_then_resume_is_exact(tmp_path, folder):  # noqa: F811
+    from gradnas.cli import DARTS_V2
+    args = ["train", "--genotype", DARTS_V2, "--dataset", "imagefolder", "--data-dir", str(folder), "--epochs", "3",
+            "--batch-size", "4", "--cells", "3", "--channels", "4", "--threads", "1", "--quiet", "--device", "cpu"]
+    t0 = time.time()
+    _finish([*args, "--out", str(tmp_path / "ref")])
+    seconds = time.time() - t0
+    run, rng, kills = tmp_path / "run", random.Random(1), 0
+    proc = _start([*args, "--out", str(run)])
+    for _ in range(3):
+        try:
+            proc.wait(timeout=rng.uniform(0.4, 1.0) * seconds)
+            break
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            proc = _start(["train", "--resume", str(run), "--quiet"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert kills >= 1
+    keys = ("epoch", "step", "model", "optimizer", "scheduler", "best_test_acc")
+    a, b = load_checkpoint(tmp_path / "ref" / "checkpoint.pt"), load_checkpoint(run / "checkpoint.pt")
+    _same_state({k: a[k] for k in keys}, {k: b[k] for k in keys})
+    assert _metrics(tmp_path / "ref") == _metrics(run)

@@ -610,6 +610,32 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _doctor_parser(sub):
+    p = sub.add_parser("doctor", help="report what this machine gives gradnas (torch, device, threads, data, dot)",
+                       description="Check the environment: gradnas and torch versions, the device, threads, the "
+                                   "Python packages, Graphviz's dot, where the datasets are found, the NB-201 table "
+                                   "and whether the run and cache folders are writable. Exit status 1 when "
+                                   "something a feature needs is missing.")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    return p
+
+
+def cmd_doctor(args) -> int:
+    import json
+    from gradnas.doctor import as_dicts, run_checks
+    checks = run_checks()
+    if args.json:
+        print(json.dumps(as_dicts(checks), indent=2))
+    else:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            print(f"{c.name:<{width}}  {c.status:<7}  {c.detail}")
+    missing = [c.name for c in checks if c.status == "missing"]
+    if missing:
+        print(f"gradnas doctor: missing: {', '.join(missing)} (see the lines above for the fix)", file=sys.stderr)
+    return 1 if missing else 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="gradnas", description="Gradient-based neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -619,6 +645,7 @@ def build_parser():
     _genotype_parser(sub)
     _lookup_parser(sub)
     _analysis_parsers(sub)
+    _doctor_parser(sub)
     return parser
 
 
@@ -626,7 +653,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"search": cmd_search, "train": cmd_train, "bench": cmd_bench, "genotype": cmd_genotype,
                 "lookup": cmd_lookup, "plot": cmd_plot, "draw": cmd_draw, "report": cmd_report,
-                "compare": cmd_compare, "sweep": cmd_sweep}
+                "compare": cmd_compare, "sweep": cmd_sweep, "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)
     except GradnasError as exc:

@@ -120,7 +120,10 @@ class SearchConfig:
             (self.data.eval_batches is None or self.data.eval_batches >= 1,
              f"data.eval_batches must be >= 1 or null, got {self.data.eval_batches}"),
             (self.data.cutout >= 0 and self.data.crop_padding >= 0, "data.cutout and data.crop_padding must be >= 0"),
-            (self.w_optim.lr > 0 and self.arch_optim.lr >= 0, "learning rates must be positive"),
+            (self.w_optim.lr > 0 and math.isfinite(self.w_optim.lr),
+             f"w_optim.lr must be a finite number > 0, got {self.w_optim.lr}"),
+            (self.arch_optim.lr >= 0 and math.isfinite(self.arch_optim.lr),
+             f"arch_optim.lr must be a finite number >= 0, got {self.arch_optim.lr}"),
             (self.w_optim.lr_min >= 0 and self.w_optim.grad_clip >= 0, "w_optim.lr_min and grad_clip must be >= 0"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
             (not self.w_optim.nesterov or self.w_optim.momentum > 0, "w_optim.nesterov needs w_optim.momentum > 0"),
@@ -258,8 +261,12 @@ def load_yaml(path_or_name: str, *, shipped_dir: Path = CONFIG_DIR, kind: str = 
         path = shipped
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise GradnasError(f"{kind} file {path} is not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # one line: the problem and where (PyYAML's own text spans several)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise GradnasError(f"{kind} file {path} is not valid YAML{where}: {problem}; only plain YAML (no "
+                           "!!python tags) is read") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
