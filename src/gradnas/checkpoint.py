@@ -1,6 +1,7 @@
 """Checkpoints: one state dict per file, written atomically, read back without running pickled code."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -46,3 +47,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise GradnasError(f"{path} is not a gradnas checkpoint (format {FORMAT!r} expected)")
     return state
+
+
+def keep_metrics_until(path: str | os.PathLike, epoch: int) -> None:
+    """On resume: keep the metrics lines of epochs up to ``epoch`` (the checkpoint's); later ones belong to an
+    epoch that runs again, and a line torn by a crash during its write is dropped. Rewritten atomically."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn (or blank): the crash came while it was written
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= epoch:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(l + "\n" for l in kept))
+    os.replace(tmp, path)

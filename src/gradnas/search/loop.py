@@ -41,7 +41,7 @@ from tqdm import tqdm
 from gradnas import distributed
 from gradnas.benchmark import benchmark_for, format_benchmark
 from gradnas.distributed import resolve_device  # noqa: F401  (also imported from here by callers)
-from gradnas.checkpoint import load_checkpoint, save_checkpoint
+from gradnas.checkpoint import keep_metrics_until, load_checkpoint, save_checkpoint
 from gradnas.config import SearchConfig, resume_conflicts
 from gradnas.data import Augment, PairedBatches, SearchSplit, iterate_batches, load_dataset, make_search_split
 from gradnas.data.sources import dataset_key
@@ -238,8 +238,7 @@ class Search:
         # Metrics lines past the checkpoint belong to an epoch that will be run again.
         path = self.out / METRICS_FILE
         if path.exists() and self.world.is_main:
-            kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= self.epoch]
-            path.write_text("".join(l + "\n" for l in kept))
+            keep_metrics_until(path, self.epoch)
 
     # -- the loop
     def run(self, *, stop_after_epoch: int | None = None, stop_on_signal: bool = False) -> dict:

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from gradnas import distributed
-from gradnas.checkpoint import load_checkpoint, save_checkpoint
+from gradnas.checkpoint import keep_metrics_until, load_checkpoint, save_checkpoint
 from gradnas.config import resume_conflicts
 from gradnas.data.sources import dataset_key
 from gradnas.errors import GradnasError
@@ -193,8 +193,7 @@ class Training:
                                f"{self.data.steps} steps; it does not match this run, start a new --out")
         path = self.out / METRICS_FILE  # lines past the checkpoint belong to an epoch that will run again
         if path.exists() and self.world.is_main:
-            kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= self.epoch]
-            path.write_text("".join(l + "\n" for l in kept))
+            keep_metrics_until(path, self.epoch)
 
     # -- one epoch
     def _autocast(self):
