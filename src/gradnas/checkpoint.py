@@ -49,12 +49,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return state
 
 
-def keep_metrics_until(path: str | os.PathLike, epoch: int) -> None:
-    """On resume: keep the metrics lines of epochs up to ``epoch`` (the checkpoint's); later ones belong to an
-    epoch that runs again, and a line torn by a crash during its write is dropped. Rewritten atomically."""
+def metrics_until(path: str | os.PathLike, epoch: int) -> list[dict]:
+    """The metrics records of epochs up to ``epoch`` (a checkpoint's): later ones belong to an epoch that runs
+    again, and a line torn by a crash during its write is skipped."""
     path = Path(path)
     if not path.exists():
-        return
+        return []
     kept = []
     for line in path.read_text().splitlines():
         try:
@@ -62,7 +62,15 @@ def keep_metrics_until(path: str | os.PathLike, epoch: int) -> None:
         except json.JSONDecodeError:
             continue  # torn (or blank): the crash came while it was written
         if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= epoch:
-            kept.append(line)
+            kept.append(record)
+    return kept
+
+
+def keep_metrics_until(path: str | os.PathLike, epoch: int) -> None:
+    """On resume: rewrite the metrics file (atomically) with only :func:`metrics_until`'s records."""
+    path = Path(path)
+    if not path.exists():
+        return
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in kept))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in metrics_until(path, epoch)))
     os.replace(tmp, path)

@@ -21,6 +21,7 @@ SEARCH_FLAGS = {
     "probe_batches": "probes.batches",
     "alpha_data": "alpha_data", "switch_at": "switch_at", "then": "then", "lr_decay": "collapse.lr_decay",
     "collapse_threshold": "collapse.threshold",
+    "stop_at_size": "stop.at_size", "stop_when_smaller": "stop.when_smaller",
 }
 # --cells / --channels set the shape of whichever space is searched.
 SPACE_FLAGS = {
@@ -79,6 +80,13 @@ def _add_config_flags(p, *, grid: bool):
     p.add_argument("--collapse-threshold", type=float, metavar="SHARE",
                    help="share of parameter-free ops (none, pooling, skip) above which a search warns and, with "
                         "--lr-decay-on-collapse, lowers the lr (default 0.3; --set collapse.warn=false: no warning)")
+    p.add_argument("--stop-at-size", type=_size_arg, metavar="N,R",
+                   help="MiLeNAS 5.2: end the search at the first epoch whose genotype has N conv ops (sep_conv, "
+                        "dil_conv) in the normal cell and R in the reduction cell (the paper: 6,0); NB-201: N "
+                        "(nor_conv ops in the cell)")
+    p.add_argument("--stop-when-smaller", type=float, metavar="P",
+                   help="end the search at the first epoch whose evaluation network (CIFAR setting) has fewer than "
+                        "P million parameters after an earlier one had at least P")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
     p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
     p.add_argument("--epochs", type=int)
@@ -109,6 +117,15 @@ def _add_config_flags(p, *, grid: bool):
                         "passes (the same cost if used alone)")
     g.add_argument("--probe-batches", type=int, metavar="N",
                    help="batch pairs per epoch for the gradient probes (default 2); their cost grows with N")
+
+
+def _size_arg(text: str) -> list:
+    """``N,R`` (or ``N`` for NB-201) -> [N, R]: conv-op counts, integers >= 0."""
+    parts = text.replace(" ", "").split(",")
+    if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N,R, the conv ops in the normal and in the reduction "
+                                         "cell as integers >= 0 (e.g. 6,0; NB-201: N)")
+    return [int(p) for p in parts]
 
 
 def _bench_parser(sub):
@@ -415,6 +432,8 @@ def cmd_search(args) -> int:
             return 130
     finally:
         distributed.shutdown()
+    if "stop" in summary:
+        say(f"stopped after epoch {summary['stop']['epoch']} of {cfg.epochs}: {summary['stop']['reason']}")
     say(f"genotype: {summary['genotype']}")
     say(f"best valid acc: {summary['best_valid_acc']:.2f}%")
     if search.benchmark and search.benchmark[0] in summary:
@@ -512,6 +531,16 @@ def _analysis_parsers(sub):
                                    "time per epoch. Figures go to RUN_DIR/plots.")
     p.add_argument("run_dir", metavar="RUN_DIR")
 
+    p = sub.add_parser("sizes", help="a search's model sizes: best genotype per size, and their plots",
+                       description="MiLeNAS model size-based search (section 5.1): print the table of model sizes "
+                                   "(N,R = conv ops in the normal and the reduction cell) a search went through, "
+                                   "with the parameters of each size's best genotype (evaluation network, CIFAR "
+                                   "setting), its validation accuracy, epoch and genotype file (for `gradnas train "
+                                   "--genotype RUN_DIR --size N,R`), and draw Figure 3b/3c: sizes-per-epoch.png and "
+                                   "sizes-accuracy.png. Works on unfinished runs too.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="folder for the PNGs (default: RUN_DIR/plots)")
+
     p = sub.add_parser("compare", help="one table and overlaid plots for several runs",
                        description="Compare runs (methods, lambdas, seeds): final and best validation accuracy, "
                                    "gap, search time per epoch, genotype, parameters and NB201 accuracy, with mean "
@@ -569,6 +598,28 @@ def cmd_report(args) -> int:
     path, missing, warnings = write_report(args.run_dir)
     _print_notes(missing, warnings)
     print(path)
+    return 0
+
+
+def cmd_sizes(args) -> int:
+    from gradnas.report.plots import plot_sizes
+    from gradnas.report.report import PLOTS_DIR
+    from gradnas.report.run import load_run
+    from gradnas.report.sizes import format_table, size_records, sizes_table, stop_record
+    run = load_run(args.run_dir)
+    epochs, entries, recorded = size_records(run)
+    if not recorded:
+        print(f"gradnas: note: {run.path} has no model-size records (searched before gradnas tracked them); sizes "
+              "computed from metrics.jsonl, no genotype files", file=sys.stderr)
+    stop = stop_record(run)
+    print(f"model sizes of {run.path} ({len(epochs)} epochs; N,R = conv ops in the normal, reduction cell; params "
+          "of the evaluation network, CIFAR setting):")
+    print(format_table(*sizes_table(entries)))
+    if stop:
+        print(f"stopped after epoch {stop['epoch']}: {stop['reason']}")
+    for path in plot_sizes(run, Path(args.out) if args.out else run.path / PLOTS_DIR, epochs=epochs,
+                           entries=entries, stop=stop):
+        print(path)
     return 0
 
 
@@ -653,7 +704,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"search": cmd_search, "train": cmd_train, "bench": cmd_bench, "genotype": cmd_genotype,
                 "lookup": cmd_lookup, "plot": cmd_plot, "draw": cmd_draw, "report": cmd_report,
-                "compare": cmd_compare, "sweep": cmd_sweep, "doctor": cmd_doctor}
+                "compare": cmd_compare, "sweep": cmd_sweep, "sizes": cmd_sizes, "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)
     except GradnasError as exc:

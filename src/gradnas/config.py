@@ -4,7 +4,7 @@ The tree mirrors the object tree: ``data`` -> the data pipeline, ``supernet`` ->
 ``nb201`` -> the NAS-Bench-201 space, ``gumbel`` -> the Gumbel relaxation's temperature schedule,
 ``w_optim`` / ``arch_optim`` -> the two optimizers, ``probes`` -> the optional per-epoch measurements
 (gradnas.search.probes), ``collapse`` -> the watch on parameter-free ops (warning and the single-level
-paper's learning-rate rule), and the top level -> the search method and loop (with the papers'
+paper's learning-rate rule), ``stop`` -> MiLeNAS's early stopping on the model size (gradnas.search.sizes), and the top level -> the search method and loop (with the papers'
 switches: ``alpha_data``, ``switch_at`` / ``then``).
 A config may hold the sections of every space and relaxation; ``space`` and ``relax`` pick the one used.
 Unknown keys are rejected with the list of valid ones; values are parsed as YAML data, never code.
@@ -25,6 +25,7 @@ from gradnas.data.loader import ALPHA_DATA
 from gradnas.errors import GradnasError
 from gradnas.relax import RELAXATIONS, GumbelConfig
 from gradnas.search.probes import ProbeConfig
+from gradnas.search.sizes import StopConfig
 from gradnas.space import SPACES, get_space
 from gradnas.space.darts import DartsSpaceConfig
 from gradnas.space.nb201 import NB201SpaceConfig
@@ -103,6 +104,7 @@ class SearchConfig:
     arch_optim: ArchOptimConfig = field(default_factory=ArchOptimConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
 
     def __post_init__(self):
         checks = [
@@ -142,6 +144,30 @@ class SearchConfig:
         for ok, message in checks:
             if not ok:
                 raise GradnasError(f"config: {message}")
+        self._check_stop_size()
+
+    def _check_stop_size(self) -> None:
+        """stop.at_size against the searched space: a size its cells can have (else the rule could never
+        fire); NB-201 (one cell, no searched reduction cell) takes N or [N, 0] and stores [N, 0]."""
+        size = self.stop.at_size
+        if size is None or self.space not in ("darts", "nb201"):
+            return
+        if self.space == "nb201":
+            if len(size) == 2 and size[1] != 0:
+                raise GradnasError(f"config: stop.at_size {list(size)}: an NB-201 cell has no searched reduction "
+                                   "cell; give N alone or N,0")
+            if size[0] > 6:
+                raise GradnasError(f"config: stop.at_size {size[0]}: an NB-201 cell has 6 edges, so at most 6 convs")
+            object.__setattr__(self, "stop", dataclasses.replace(self.stop, at_size=(size[0], 0)))
+            return
+        if len(size) != 2:
+            raise GradnasError(f"config: stop.at_size {list(size)}: give N,R, the conv ops in the normal and in the "
+                               "reduction cell (e.g. 6,0)")
+        from gradnas.space.ops import CONV_OPS
+        most = 2 * self.supernet.nodes if any(op in CONV_OPS for op in self.supernet.ops) else 0
+        if max(size) > most:
+            raise GradnasError(f"config: stop.at_size {size[0]},{size[1]}: a cell of this space has at most {most} "
+                               f"conv ops ({self.supernet.nodes} nodes x 2 edges), so the rule could never fire")
 
     @property
     def methods(self) -> tuple:
@@ -165,6 +191,8 @@ class SearchConfig:
         d["supernet"]["ops"] = list(d["supernet"]["ops"])
         d["arch_optim"]["betas"] = list(d["arch_optim"]["betas"])
         d["probes"]["dl_dp_edges"] = list(d["probes"]["dl_dp_edges"])
+        if d["stop"]["at_size"] is not None:
+            d["stop"]["at_size"] = list(d["stop"]["at_size"])
         if d["probes"]["grad_corr_cells"] is not None:
             d["probes"]["grad_corr_cells"] = list(d["probes"]["grad_corr_cells"])
         return d
@@ -306,8 +334,8 @@ def unused_section(cfg: SearchConfig, key: str) -> str | None:
     return None
 
 
-# What a resumed search may change: where it runs, not what it computes.
-RESUMABLE_KEYS = ("device", "threads")
+# What a resumed search may change: where it runs, and when it stops, not what an epoch computes.
+RESUMABLE_KEYS = ("device", "threads", "stop.at_size", "stop.when_smaller")
 
 
 def resume_conflicts(saved: dict, now: dict) -> list:

@@ -111,6 +111,8 @@ def compare(run_dirs, out_dir) -> tuple[Path, list]:
         for r in members:
             f = figures[r.path]
             epochs = f"{r.epochs_done}" + ("" if r.finished else f"/{r.config.get('epochs')} (unfinished)")
+            if r.finished and isinstance((r.summary or {}).get("stop"), dict):
+                epochs = f"{r.epochs_done}/{r.config.get('epochs')} (stopped: {r.summary['stop']['rule']})"
             gap = _fmt(f["gap"]) + ("†" if f["gap_source"] == "running" else "")
             rows.append([display[r.path], label, r.config.get("seed"), epochs, _fmt(f["final"]),
                          _fmt(f["best"]), gap, _fmt(f["s_per_epoch"], 1), _fmt(f["params_m"], 3)]

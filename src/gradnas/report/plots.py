@@ -338,3 +338,55 @@ def plot_comparison(groups, out_dir) -> list:
     ax_bar.grid(alpha=0.3, axis="x")
     paths.append(save(fig, out_dir / "compare-search-time.png"))
     return paths
+
+
+def plot_sizes(run, out_dir, *, epochs: list, entries: list, stop: dict | None = None) -> list:
+    """MiLeNAS Figure 3b/3c for one search: sizes-per-epoch.png (conv ops in the normal and the reduction
+    cell and evaluation-network parameters of each epoch's genotype) and sizes-accuracy.png (the best
+    validation accuracy reached at each model size, against its parameters). ``epochs`` and ``entries``
+    come from :func:`gradnas.report.sizes.size_records`; ``stop`` marks the epoch a stop rule ended it."""
+    out_dir = Path(out_dir)
+    paths = []
+    if epochs:
+        xs = [e["epoch"] for e in epochs]
+        fig = Figure(figsize=(9, 6.5))
+        ax_convs, ax_params = fig.subplots(2, 1, sharex=True)
+        for key, label, color in (("normal_convs", "normal cell", "#1f77b4"),
+                                  ("reduce_convs", "reduction cell", "#d62728")):
+            ax_convs.step(xs, [e[key] for e in epochs], where="mid", color=color, label=label)
+            ax_convs.plot(xs, [e[key] for e in epochs], linestyle="none", color=color, **_marker(len(xs)))
+        ax_convs.set_ylabel("conv ops in the cell")
+        ax_convs.set_ylim(-0.3, max(max(e["normal_convs"], e["reduce_convs"]) for e in epochs) + 0.5)
+        ax_convs.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_convs.legend(fontsize=8)
+        ax_params.plot(xs, [e["params_m"] for e in epochs], color="black", **_marker(len(xs)))
+        ax_params.set_ylabel("params of the evaluation network (M)")
+        ax_params.set_xlabel("epoch")
+        for ax in (ax_convs, ax_params):
+            ax.grid(alpha=0.3)
+            if stop:
+                ax.axvline(stop["epoch"], color="gray", linestyle="--", linewidth=1)
+        _epoch_axis(ax_params)
+        title = f"{run.name}: model size per epoch ({run.describe()})"
+        if stop:
+            title += f"\nstopped after epoch {stop['epoch']} (stop.{stop['rule']} {stop['value']})"
+        fig.suptitle(title, fontsize=10)
+        paths.append(save(fig, out_dir / "sizes-per-epoch.png"))
+    points = [e for e in entries if e.get("params_m") is not None and e.get("best_valid_acc") is not None]
+    if points:
+        points.sort(key=lambda e: e["params_m"])
+        fig = Figure(figsize=(8, 5))
+        ax = fig.subplots()
+        px, py = [e["params_m"] for e in points], [e["best_valid_acc"] for e in points]
+        ax.plot(px, py, color="#1f77b4", marker="o")
+        for e, x, y in zip(points, px, py):
+            ax.annotate(f"{e['normal_convs']},{e['reduce_convs']} (ep. {e['epoch']})", (x, y),
+                        textcoords="offset points", xytext=(4, 6), fontsize=8)
+        if len(set(px)) == 1:  # one size: a range around it, not a sliver
+            ax.set_xlim(px[0] - 0.5, px[0] + 0.5)
+        ax.set_xlabel("params of the evaluation network (M)")
+        ax.set_ylabel("best validation accuracy (%)")
+        ax.set_title(f"{run.name}: best validation accuracy per model size (N,R conv ops)", fontsize=10)
+        ax.grid(alpha=0.3)
+        paths.append(save(fig, out_dir / "sizes-accuracy.png"))
+    return paths

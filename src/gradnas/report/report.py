@@ -17,6 +17,7 @@ from gradnas.report.params import LABEL as PARAMS_LABEL
 from gradnas.report.params import NOTE as PARAMS_NOTE
 from gradnas.report.params import run_params
 from gradnas.report.run import Run, load_run, md_table
+from gradnas.report.sizes import size_records, sizes_markdown, stop_record
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.md"
@@ -36,6 +37,9 @@ def plot_run(run: Run, out_dir=None) -> tuple[list, list, list]:
             missing.append(name)
         else:
             paths.append(path)
+    if run.has("normal_convs"):  # the model sizes the search recorded (MiLeNAS Figure 3b/3c)
+        epochs, entries, _ = size_records(run)
+        paths += plots.plot_sizes(run, out_dir, epochs=epochs, entries=entries, stop=stop_record(run))
     if run.genotype_string:
         try:
             paths += draw_genotype(read_genotype(run.genotype_string), out_dir)
@@ -66,6 +70,9 @@ def write_report(run_dir) -> tuple[Path, list, list]:
     cfg = run.config
     total = cfg.get("epochs")
     status = "finished" if run.finished else f"unfinished: {run.epochs_done} of {total} epochs done"
+    stop = stop_record(run)
+    if stop and run.finished:
+        status = f"stopped after epoch {stop['epoch']} of {total} ({stop['reason']})"
     md = [f"# Search report: {run.name}\n",
           f"{run.describe()} on {cfg.get('data', {}).get('dataset', '?')}, seed {cfg.get('seed')}; {status}. "
           f"Run folder `{run.path}`.\n"]
@@ -117,8 +124,12 @@ def write_report(run_dir) -> tuple[Path, list, list]:
 
     if run.sizes:
         md.append("\n## Model sizes\n")
-        keys = ("normal_convs", "reduce_convs", "params_m", "best_valid_acc", "epoch", "genotype_file")
-        md.append(md_table(keys, [[_fmt(s.get(k)) for k in keys] for s in run.sizes]))
+        md.append("Best validation accuracy per model size (N,R = conv ops in the normal, reduction cell; params of "
+                  "the evaluation network in the CIFAR setting; MiLeNAS section 5.1).\n\n")
+        md.append(sizes_markdown(run.sizes))
+        md += [image(name, alt) for name, alt in (("sizes-per-epoch.png", "model size per epoch"),
+                                                  ("sizes-accuracy.png", "best validation accuracy per size"))
+               if image(name, alt)]
 
     md.append("\n## Per epoch\n")
     has_probe = run.has("probe_time")

@@ -20,8 +20,15 @@ records ``non_learnable_share`` of its genotype, warns when it rises above the t
 top of the cosine schedule (lr = scale * cosine(epoch)), kept in the checkpoint with the count of decays.
 Where the architecture batch comes from (``alpha_data``) is the batches' business (``PairedBatches``).
 
+Model size-based search (MiLeNAS 3.3, ``gradnas.search.sizes``): every epoch records the conv-op counts
+of its genotype (``normal_convs``, ``reduce_convs``) and its evaluation network's ``params_m``, keeps the
+best genotype per size in ``sizes/``, and a ``stop`` rule may end the search early: that epoch's line
+gets a ``stop`` record, and the summary says ``finished: true`` (the search ended by itself) with the
+same ``stop`` record. Resuming a stopped search is refused while its rule is set; resumed without it
+(``--set stop.at_size=null``), the search continues past the stop.
+
 Run folder: config.yaml (resolved), split.json, metrics.jsonl, checkpoint.pt, genotype.json,
-summary.json (when finished).
+summary.json (when finished), sizes/ (index.json, size-N-R.json).
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ from tqdm import tqdm
 from gradnas import distributed
 from gradnas.benchmark import benchmark_for, format_benchmark
 from gradnas.distributed import resolve_device  # noqa: F401  (also imported from here by callers)
-from gradnas.checkpoint import keep_metrics_until, load_checkpoint, save_checkpoint
+from gradnas.checkpoint import keep_metrics_until, load_checkpoint, metrics_until, save_checkpoint
 from gradnas.config import SearchConfig, resume_conflicts
 from gradnas.data import Augment, PairedBatches, SearchSplit, iterate_batches, load_dataset, make_search_split
 from gradnas.data.sources import dataset_key
@@ -51,6 +58,7 @@ from gradnas.space import build_supernet, space_class
 from gradnas.space.genotype import non_learnable_share, save_genotype
 from gradnas.search.methods import make_method, method_class
 from gradnas.search.probes import Probes
+from gradnas.search.sizes import SizeTracker
 from gradnas.signals import Interrupted, StopOnSignal
 
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
@@ -162,8 +170,9 @@ class Search:
         self.lr_scale = 1.0       # collapse.lr_decay: the factor on top of the cosine schedule
         self.lr_decays = 0
         self.last_share = None    # non_learnable_share of the last epoch's genotype (for the warning)
+        self.sizes = SizeTracker(cfg.stop)
         # A checkpoint written on SIGINT/SIGTERM is mid-epoch: steps done in epoch `self.epoch` + 1, the
-        # running sums, and the random streams a step draws from (see `_partial_state`).
+        # running sums, and the random streams a step draws from (see `_stop_mid_epoch`).
         self.step, self._partial = 0, None
         if resume and not (self.out / CHECKPOINT_FILE).exists() and (self.out / CONFIG_FILE).is_file():
             # Stopped before its first checkpoint: nothing was done that counts, so start at epoch 1.
@@ -204,6 +213,7 @@ class Search:
             "collapse": {"lr_scale": self.lr_scale, "lr_decays": self.lr_decays, "last_share": self.last_share},
             "step": self.step,
             **({"partial": self._partial} if self.step else {}),
+            "sizes": self.sizes.state_dict(),
         }
 
     def _load(self, state: dict) -> None:
@@ -237,8 +247,32 @@ class Search:
                                f"{len(self.batches)} steps; it does not match this search, start a new --out")
         # Metrics lines past the checkpoint belong to an epoch that will be run again.
         path = self.out / METRICS_FILE
-        if path.exists() and self.world.is_main:
+        records = metrics_until(path, self.epoch)  # on every rank: the size tracker may replay them
+        if self.world.is_main:
             keep_metrics_until(path, self.epoch)
+        self._load_sizes(state, saved_stop=SearchConfig.from_dict(state["config"]).stop, records=records)
+
+    def _load_sizes(self, state: dict, *, saved_stop, records: list) -> None:
+        """The size tracker's state (rebuilt from the metrics lines for a checkpoint from before it existed),
+        the size files rewritten to match it, and the stop: a stopped search resumes only without its rule."""
+        if "sizes" in state:
+            self.sizes.load_state_dict(state["sizes"])
+        else:
+            self.sizes.replay(records)
+        if self.sizes.stopped is not None:
+            stop = self.sizes.stopped
+            if self.sizes.stop_still_set():
+                raise GradnasError(
+                    f"the search in {self.out} stopped after epoch {stop['epoch']} of {self.cfg.epochs}: "
+                    f"{stop['reason']}; it is finished. To continue it past the stop, resume without that rule: "
+                    f"gradnas search --resume {self.out} --set stop.{stop['rule']}=null")
+            self.sizes.stopped = None  # continuing past the stop: the run is no longer finished
+            if self.world.is_main and (self.out / SUMMARY_FILE).exists():
+                (self.out / SUMMARY_FILE).unlink()
+        if self.world.is_main:
+            self.sizes.write(self.out, everything=True)
+            if self.cfg.stop != saved_stop:  # the folder's config.yaml holds the rules the search now follows
+                (self.out / CONFIG_FILE).write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
     # -- the loop
     def run(self, *, stop_after_epoch: int | None = None, stop_on_signal: bool = False) -> dict:
@@ -256,7 +290,7 @@ class Search:
         steps = len(self.batches)
         main, part = self.world.is_main, self.world.shard(cfg.batch_size)
         for epoch in range(self.epoch, cfg.epochs):
-            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            if (stop_after_epoch is not None and epoch >= stop_after_epoch) or self.sizes.stopped:
                 break
             t0 = time.time()
             self._select_method(epoch)
@@ -312,6 +346,7 @@ class Search:
                 "method": self.method.name,
                 **relax_record,
                 **self._watch_collapse(genotype),
+                **self.sizes.update(self.epoch, genotype, valid_acc),
                 "epoch_time": time.time() - t0,
             }
             if self.benchmark:
@@ -326,20 +361,25 @@ class Search:
             with open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
             save_genotype(genotype, self.out / GENOTYPE_FILE)
+            self.sizes.write(self.out)
             save_checkpoint(self.state_dict(), self.out / CHECKPOINT_FILE)
             if self.progress:
                 bench = (f"  {self.benchmark[0]} {format_benchmark(record[self.benchmark[0]])}"
                          if self.benchmark else "")
                 tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {record['train_acc']:.2f}  "
                            f"valid acc {valid_acc:.2f}  {genotype}{bench}")
-            if guard.requested and self.epoch < cfg.epochs:  # arrived during validation or the checkpoint
+                if "stop" in record:
+                    tqdm.write(f"stopping after epoch {self.epoch}/{cfg.epochs}: {record['stop']['reason']}")
+            if guard.requested and self.epoch < cfg.epochs and self.sizes.stopped is None:  # arrived during validation or the checkpoint
                 raise Interrupted(f"stopped by {guard.name} after epoch {self.epoch}/{cfg.epochs}; its checkpoint "
                                   f"is saved. Continue with:\n  gradnas search --resume {self.out}",
                                   signum=guard.requested)
         final = self.model.genotype()
-        summary = {"epochs_done": self.epoch, "finished": self.epoch >= cfg.epochs,
+        summary = {"epochs_done": self.epoch, "finished": self.epoch >= cfg.epochs or self.sizes.stopped is not None,
                    "genotype": final.to_string(), "best_valid_acc": self.best_valid_acc,
                    "run_dir": str(self.out)}
+        if self.sizes.stopped is not None:
+            summary["stop"] = self.sizes.stopped
         if self.benchmark:
             summary[self.benchmark[0]] = self.benchmark[1](final)
         if summary["finished"] and main:
