@@ -16,8 +16,8 @@ A sampled architecture runs in the supernet as one op per edge, weight exactly 1
 alpha holds the one-hot H itself under :class:`OneHotRelaxation`, and A lives in :class:`~gradnas.search.pvll.PVLL`.
 "Training" an architecture = ``pvll.train_batches`` SGD steps on the weight half (null: one pass, the paper's
 "1 epoch"), the weight lr following a cosine over all training rounds (section 5.1); "measuring" = the mean
-cross-entropy on the first ``pvll.val_batches`` batches of the architecture half (null: all of it), the same
-images for every architecture, without augmentation and with batch statistics in BN (running statistics
+cross-entropy on ``pvll.val_batches`` batches of the architecture half (a fixed random subset; null: all of
+it), the same images for every architecture, without augmentation and with batch statistics in BN (running statistics
 mix every architecture the shared supernet has run, so they describe none of them).
 
 Every round appends one line to metrics.jsonl and writes the checkpoint (supernet, SGD state, A, psi, the
@@ -136,9 +136,12 @@ class PVLLSearch(Search):
         n_val = len(a_idx) if pc.val_batches is None else min(len(a_idx), pc.val_batches * cfg.batch_size)
         if n_val < 1:  # pragma: no cover - the split guarantees a non-empty architecture half
             raise GradnasError("the architecture half of the search split is empty")
-        # The measurement set: the same images for every architecture, normalised once, on the device.
-        self.val_x = self.augment(data.train_x[a_idx[:n_val]].to(self.device), None, train=False)
-        self.val_y = data.train_y[a_idx[:n_val]].to(self.device, dtype=torch.int64)
+        # The measurement set: the same images for every architecture, normalised once, on the device. A random
+        # (seeded) subset of the architecture half: the half is sorted by index, and an image folder lists its
+        # images class by class, so its first images would cover only a few classes.
+        pick = a_idx[torch.randperm(len(a_idx), generator=torch.Generator().manual_seed(cfg.seed + _PVLL_STREAM))[:n_val]]
+        self.val_x = self.augment(data.train_x[pick].to(self.device), None, train=False)
+        self.val_y = data.train_y[pick].to(self.device, dtype=torch.int64)
 
         self.model = build_supernet(cfg.space, cfg.space_config, OneHotRelaxation(), in_channels=data.channels,
                                     num_classes=data.num_classes, seed=cfg.seed).to(self.device)
