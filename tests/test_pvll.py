@@ -287,6 +287,7 @@ def test_cli_search_and_refusals(tmp_path, capsys):
         (["--set", "arch_optim.lr=0.1"], "pvll.arch_lr"),
         (["--switch-at", "1", "--then", "darts"], "method schedule"),
         (["--set", "pvll.tau=0"], "pvll.tau must be > 0"),
+        (["--set", "data.eval_batches=2"], "pvll.val_batches"),
     ]:
         assert main(common + extra + ["--out", str(tmp_path / "refused")]) == 2
         assert message in capsys.readouterr().err

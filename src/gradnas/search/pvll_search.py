@@ -87,6 +87,8 @@ def check_pvll_config(cfg: SearchConfig) -> None:
                                               "single-level; pvll's A is optimized by Adam with pvll.arch_lr"),
         (cfg.xi is not None or cfg.fd_scale is not None, "xi and fd_scale belong to the virtual step of darts / "
                                                          "milenas order 2; pvll order 2 trains the sampled cell"),
+        (cfg.data.eval_batches is not None, "data.eval_batches sizes the end-of-epoch validation of the other "
+                                            "methods; pvll measures each cell on pvll.val_batches batches"),
         (cfg.alpha_data != "split", "pvll measures losses on the architecture half; alpha_data must be split"),
         (cfg.probes != ProbeConfig(), "the probes measure per-epoch gradients of the per-batch methods; they do "
                                       "not run with pvll. Drop the probe settings"),
