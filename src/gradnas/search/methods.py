@@ -263,8 +263,8 @@ def method_class(name: str) -> type[ArchOptimizer]:
     try:
         return METHODS[name]
     except KeyError:
-        valid = sorted([*METHODS, *OWN_LOOP_METHODS])
-        raise GradnasError(f"unknown method {name!r}; valid methods: {', '.join(valid)}") from None
+        raise GradnasError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}, and with a loop "
+                           f"of its own {', '.join(sorted(OWN_LOOP_METHODS))}") from None
 
 
 def make_method(name: str, model, **kwargs) -> ArchOptimizer:
