@@ -22,6 +22,7 @@ SEARCH_FLAGS = {
     "alpha_data": "alpha_data", "switch_at": "switch_at", "then": "then", "lr_decay": "collapse.lr_decay",
     "collapse_threshold": "collapse.threshold",
     "stop_at_size": "stop.at_size", "stop_when_smaller": "stop.when_smaller",
+    "no_warmup": "pvll.warmup", "uniform_sampling": "pvll.uniform_sampling", "unweighted_loss": "pvll.weighted_loss",
 }
 # --cells / --channels set the shape of whichever space is searched.
 SPACE_FLAGS = {
@@ -56,9 +57,12 @@ def _add_config_flags(p, *, grid: bool):
                    help="override any config key, e.g. --set w_optim.lr=0.01 (repeatable)")
     p.add_argument("--space", help="search space: darts or nb201 (NAS-Bench-201)")
     if not grid:
-        p.add_argument("--method", help="architecture optimizer: milenas, darts, single-level")
+        p.add_argument("--method", help="architecture optimizer: milenas, darts, single-level, or pvll (PVLL-NAS: a "
+                                        "learned validation-loss estimator guides the sampling; settings in the "
+                                        "pvll config section)")
     p.add_argument("--order", type=int, help="1 (first order) or 2 (second order: darts, milenas; one virtual "
-                                             "weight step, finite-difference Hessian-vector product)")
+                                             "weight step, finite-difference Hessian-vector product; pvll: train "
+                                             "each sampled cell before measuring its loss, the paper's main setting)")
     if not grid:
         p.add_argument("--lambda", dest="lam", type=float,
                        help="MiLeNAS lambda: weight of the validation term in first order, of the training term in "
@@ -87,9 +91,18 @@ def _add_config_flags(p, *, grid: bool):
     p.add_argument("--stop-when-smaller", type=float, metavar="P",
                    help="end the search at the first epoch whose evaluation network (CIFAR setting) has fewer than "
                         "P million parameters after an earlier one had at least P")
+    g = p.add_argument_group(
+        "pvll", "PVLL-NAS ablations (paper Table 5); more keys in the pvll section, e.g. --set pvll.steps=100 "
+                "--set pvll.population=100 --set pvll.train_batches=10. pvll counts steps, not epochs.")
+    g.add_argument("--no-warmup", dest="no_warmup", action="store_const", const=False,
+                   help="no warm-up population: search pvll.steps + pvll.population steps instead (same budget)")
+    g.add_argument("--uniform-sampling", action="store_const", const=True,
+                   help="sample architectures uniformly instead of from A (A still follows the estimator)")
+    g.add_argument("--unweighted-loss", dest="unweighted_loss", action="store_const", const=False,
+                   help="train the estimator with a plain MSE instead of eq. 8's 1/p_t weights")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
     p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="epochs (not read by pvll, which counts pvll.steps)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--cells", type=int, help="darts: cells in the network; nb201: cells per stage (N)")
     p.add_argument("--channels", type=int, help="initial channels (C)")
@@ -348,6 +361,12 @@ def config_from_cli(d: dict, args):
     not a silent no-op."""
     from gradnas.config import SearchConfig, unused_section
     cfg = SearchConfig.from_dict(apply_cli_overrides(d, args))
+    if cfg.method == "pvll" and getattr(args, "epochs", None) is not None:
+        raise GradnasError("--epochs does not apply to method pvll: its budget is pvll.steps search steps after "
+                           "pvll.population warm-up architectures (--set pvll.steps=N)")
+    pvll_flags = [f for f in ("no_warmup", "uniform_sampling", "unweighted_loss") if getattr(args, f, None) is not None]
+    if pvll_flags and cfg.method != "pvll":
+        raise GradnasError(f"--{pvll_flags[0].replace('_', '-')} is a PVLL-NAS ablation; use it with --method pvll")
     for assignment in args.set:
         problem = unused_section(cfg, assignment.partition("=")[0].strip())
         if problem:
@@ -388,7 +407,7 @@ def _assign(d: dict, key: str, value) -> None:
 def cmd_search(args) -> int:
     from gradnas import distributed
     from gradnas.config import SearchConfig, load_yaml, resume_conflicts
-    from gradnas.search.loop import CONFIG_FILE, Search
+    from gradnas.search.loop import CONFIG_FILE, open_search
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -418,16 +437,19 @@ def cmd_search(args) -> int:
             out = Path(args.out) if args.out else Path(distributed.from_main(str(Path("runs") / (
                 f"{cfg.method}-{cfg.space}-{cfg.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))))
         say = print if world.is_main else (lambda *a, **k: None)
-        search = Search(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+        search = open_search(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+        done = (f"round {search.round}/{len(search.plan)}" if cfg.method == "pvll"
+                else f"epoch {search.epoch}/{cfg.epochs}")
         if args.resume:
-            say(f"resuming {out} after epoch {search.epoch}/{cfg.epochs}", file=sys.stderr)
+            say(f"resuming {out} after {done}", file=sys.stderr)
         try:
             summary = search.run(stop_on_signal=True)
         except Interrupted as stop:
             say(f"\ngradnas: {stop}", file=sys.stderr)
             return stop.exit_code
         except KeyboardInterrupt:
-            say(f"\ninterrupted; the last finished epoch ({search.epoch}) is saved. Continue with:\n"
+            last = f"round ({search.round})" if cfg.method == "pvll" else f"epoch ({search.epoch})"
+            say(f"\ninterrupted; the last finished {last} is saved. Continue with:\n"
                 f"  gradnas search --resume {out}", file=sys.stderr)
             return 130
     finally:
@@ -435,7 +457,11 @@ def cmd_search(args) -> int:
     if "stop" in summary:
         say(f"stopped after epoch {summary['stop']['epoch']} of {cfg.epochs}: {summary['stop']['reason']}")
     say(f"genotype: {summary['genotype']}")
-    say(f"best valid acc: {summary['best_valid_acc']:.2f}%")
+    if "best_valid_acc" in summary:
+        say(f"best valid acc: {summary['best_valid_acc']:.2f}%")
+    else:  # pvll: the derived sub-network, measured in the supernet as every sample was
+        say(f"derived sub-network in the supernet: valid loss {summary['valid_loss']:.4f}, "
+            f"acc {summary['valid_acc']:.2f}%")
     if search.benchmark and search.benchmark[0] in summary:
         from gradnas.benchmark import format_benchmark
         key = search.benchmark[0]

@@ -4,8 +4,10 @@ The tree mirrors the object tree: ``data`` -> the data pipeline, ``supernet`` ->
 ``nb201`` -> the NAS-Bench-201 space, ``gumbel`` -> the Gumbel relaxation's temperature schedule,
 ``w_optim`` / ``arch_optim`` -> the two optimizers, ``probes`` -> the optional per-epoch measurements
 (gradnas.search.probes), ``collapse`` -> the watch on parameter-free ops (warning and the single-level
-paper's learning-rate rule), ``stop`` -> MiLeNAS's early stopping on the model size (gradnas.search.sizes), and the top level -> the search method and loop (with the papers'
-switches: ``alpha_data``, ``switch_at`` / ``then``).
+paper's learning-rate rule), ``stop`` -> MiLeNAS's early stopping on the model size
+(gradnas.search.sizes), ``pvll`` -> PVLL-NAS (method pvll: its steps, warm-up, estimator and sampler),
+and the top level -> the search method and loop (with the papers' switches: ``alpha_data``,
+``switch_at`` / ``then``).
 A config may hold the sections of every space and relaxation; ``space`` and ``relax`` pick the one used.
 Unknown keys are rejected with the list of valid ones; values are parsed as YAML data, never code.
 Defaults are the papers' CIFAR-10 search settings (DARTS / MiLeNAS: 50 epochs, batch 64, 8 cells,
@@ -26,6 +28,7 @@ from gradnas.errors import GradnasError
 from gradnas.relax import RELAXATIONS, GumbelConfig
 from gradnas.search.probes import ProbeConfig
 from gradnas.search.sizes import StopConfig
+from gradnas.search.pvll import PVLLConfig
 from gradnas.space import SPACES, get_space
 from gradnas.space.darts import DartsSpaceConfig
 from gradnas.space.nb201 import NB201SpaceConfig
@@ -105,6 +108,7 @@ class SearchConfig:
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
     stop: StopConfig = field(default_factory=StopConfig)
+    pvll: PVLLConfig = field(default_factory=PVLLConfig)  # read by method pvll only
 
     def __post_init__(self):
         checks = [
@@ -328,6 +332,8 @@ def unused_section(cfg: SearchConfig, key: str) -> str | None:
     if section in space_sections and section != get_space(cfg.space).section:
         return (f"{key} configures the {space_sections[section]} space, but this search uses space {cfg.space!r} "
                 f"(configured by the {get_space(cfg.space).section!r} section)")
+    if section == "pvll" and cfg.method != "pvll":
+        return f"{key} configures method pvll, but this search uses method {cfg.method!r}"
     relax_sections = {sec: name for name, sec in RELAX_SECTIONS.items()}
     if section in relax_sections and section != RELAX_SECTIONS.get(cfg.relax):
         return f"{key} configures the {relax_sections[section]} relaxation, but this search uses relax {cfg.relax!r}"

@@ -70,6 +70,9 @@ def check_names(cfg: SearchConfig) -> None:
     space_class(cfg.space)
     make_relaxation(cfg.relax)
     classes = [method_class(name) for name in cfg.methods]
+    if "pvll" in cfg.methods:
+        from gradnas.search.pvll_search import check_pvll_config
+        check_pvll_config(cfg)
     if cfg.alpha_data != "split" and not any(c.uses_val_batch for c in classes):
         raise GradnasError(f"alpha_data {cfg.alpha_data!r} chooses the architecture batch, but method "
                            f"{' then '.join(cfg.methods)} reads none; use darts or milenas, or drop alpha_data")
@@ -463,6 +466,14 @@ class Search:
                 "no epoch had finished, so there is no checkpoint")
         return GradnasError(f"the {where} loss became NaN/inf in epoch {epoch + 1}; {last}. Lower the learning "
                             "rates (w_optim.lr, arch_optim.lr) or check the data, then start a new run.")
+
+
+def open_search(cfg: SearchConfig, out_dir, *, resume: bool = False, progress: bool = True):
+    """The search run of ``cfg``: :class:`Search`, or PVLL-NAS's own loop for ``method: pvll``."""
+    if cfg.method == "pvll":
+        from gradnas.search.pvll_search import PVLLSearch
+        return PVLLSearch(cfg, out_dir, resume=resume, progress=progress)
+    return Search(cfg, out_dir, resume=resume, progress=progress)
 
 
 def _write_json(path: Path, obj) -> None:

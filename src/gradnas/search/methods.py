@@ -239,12 +239,36 @@ class MixedLevel(ArchOptimizer):
         return stats
 
 
+# Methods that are not a per-batch update of w and alpha but run a loop of their own (``METHODS`` holds the
+# per-batch ones, which ``Search`` steps): name -> class describing them (name, orders, uses_val_batch).
+OWN_LOOP_METHODS: dict[str, type] = {}
+
+
+class PVLL:
+    """PVLL-NAS (search in a proxy validation loss landscape): a loop over sampled architectures with a
+    learned loss estimator, run by ``gradnas.search.pvll_search.PVLLSearch`` (``loop.open_search`` picks it).
+    Order 2 trains each sampled cell before measuring its loss, order 1 measures it as it is (section 5.4)."""
+
+    name = "pvll"
+    orders = (1, 2)
+    uses_val_batch = True
+
+
+OWN_LOOP_METHODS[PVLL.name] = PVLL
+
+
 def method_class(name: str) -> type[ArchOptimizer]:
+    if name in OWN_LOOP_METHODS:
+        return OWN_LOOP_METHODS[name]
     try:
         return METHODS[name]
     except KeyError:
-        raise GradnasError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}") from None
+        raise GradnasError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}, and with a loop "
+                           f"of its own {', '.join(sorted(OWN_LOOP_METHODS))}") from None
 
 
 def make_method(name: str, model, **kwargs) -> ArchOptimizer:
+    if name in OWN_LOOP_METHODS:
+        raise GradnasError(f"method {name!r} runs its own search loop, not per-batch steps; start it through "
+                           "gradnas.search.loop.open_search (gradnas search --method {name})")
     return method_class(name)(model, **kwargs)
