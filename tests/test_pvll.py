@@ -300,3 +300,27 @@ def test_cli_search_and_refusals(tmp_path, capsys):
     assert method_class("pvll").orders == (1, 2)
     with pytest.raises(GradnasError, match="its own search loop"):
         make_method("pvll", None)
+
+
+def test_signal_stops_after_the_round_in_flight_and_resumes_exactly(tmp_path):
+    import os
+    import signal
+    from gradnas.signals import Interrupted
+    cfg = _config("nb201")
+    full = PVLLSearch(cfg, tmp_path / "full", progress=False)
+    full.run()
+    stopped = PVLLSearch(cfg, tmp_path / "run", progress=False)
+    inner = stopped._measure
+
+    def measure_and_signal(r):
+        if r == 9:  # during search round 10 of 11
+            os.kill(os.getpid(), signal.SIGTERM)
+        return inner(r)
+    stopped._measure = measure_and_signal
+    with pytest.raises(Interrupted, match=r"(?s)SIGTERM after round 10/11; its checkpoint is saved.*--resume"):
+        stopped.run(stop_on_signal=True)
+    resumed = PVLLSearch(cfg, tmp_path / "run", resume=True, progress=False)
+    assert resumed.round == 10
+    resumed.run()
+    _assert_same(full, resumed)
+    assert _lines(tmp_path / "full") == _lines(tmp_path / "run")
