@@ -263,7 +263,8 @@ def cmd_train(args) -> int:
         say(f"network: {training.params_m:.3f}M parameters (auxiliary head excluded), {training.macs_m:.1f}M "
             f"multiply-adds per {training.data.channels}x{h}x{w} image", file=sys.stderr)
         if args.resume:
-            say(f"resuming {out} after epoch {training.epoch}/{cfg.epochs}", file=sys.stderr)
+            mid = f" and step {training.step} of epoch {training.epoch + 1}" if training.step else ""
+            say(f"resuming {out} after epoch {training.epoch}/{cfg.epochs}{mid}", file=sys.stderr)
         try:
             summary = training.run(stop_on_signal=True)
         except Interrupted as stop:
@@ -439,7 +440,8 @@ def cmd_search(args) -> int:
         say = print if world.is_main else (lambda *a, **k: None)
         search = open_search(cfg, out, resume=bool(args.resume), progress=not args.quiet)
         done = (f"round {search.round}/{len(search.plan)}" if cfg.method == "pvll"
-                else f"epoch {search.epoch}/{cfg.epochs}")
+                else f"epoch {search.epoch}/{cfg.epochs}"
+                + (f" and step {search.step} of epoch {search.epoch + 1}" if search.step else ""))
         if args.resume:
             say(f"resuming {out} after {done}", file=sys.stderr)
         try:
