@@ -173,14 +173,16 @@ def test_sigkill_at_random_moments_then_resume_ends_where_an_uninterrupted_run_e
     ref, seconds = uninterrupted
     run, rng, kills = tmp_path / "run", random.Random(0), 0
     proc = _start([*CLI_SEARCH, "--out", str(run)])
-    for attempt in range(4):  # up to 4 kills, each at a random moment of what is left
+    for attempt in range(4):  # up to 4 kills, each at a random moment (0.2-0.7 of an uninterrupted run's time)
         try:
-            proc.wait(timeout=rng.uniform(0.3, 1.0) * seconds)
+            proc.wait(timeout=rng.uniform(0.2, 0.7) * seconds)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-            proc = _start(["search", "--resume", str(run), "--quiet"])
+            # killed before the run folder was written (imports, data loading): nothing to resume, start again
+            proc = _start(["search", "--resume", str(run), "--quiet"] if (run / "config.yaml").exists()
+                          else [*CLI_SEARCH, "--out", str(run)])
             continue
         break
     out, err = proc.communicate(timeout=300)
@@ -302,13 +304,14 @@ def test_training_sigkill_at_random_moments_then_resume_is_exact(tmp_path, folde
     proc = _start([*args, "--out", str(run)])
     for _ in range(3):
         try:
-            proc.wait(timeout=rng.uniform(0.4, 1.0) * seconds)
+            proc.wait(timeout=rng.uniform(0.2, 0.7) * seconds)
             break
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-            proc = _start(["train", "--resume", str(run), "--quiet"])
+            proc = _start(["train", "--resume", str(run), "--quiet"] if (run / "genotype.json").exists()
+                          else [*args, "--out", str(run)])
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert kills >= 1
@@ -316,6 +319,7 @@ def test_training_sigkill_at_random_moments_then_resume_is_exact(tmp_path, folde
     a, b = load_checkpoint(tmp_path / "ref" / "checkpoint.pt"), load_checkpoint(run / "checkpoint.pt")
     _same_state({k: a[k] for k in keys}, {k: b[k] for k in keys})
     assert _metrics(tmp_path / "ref") == _metrics(run)
+    assert (run / "network.json").read_text() == (tmp_path / "ref" / "network.json").read_text()
 
 
 def test_a_metrics_line_torn_by_a_crash_is_dropped_on_resume(tmp_path):

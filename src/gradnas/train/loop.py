@@ -129,6 +129,7 @@ class Training:
                 (self.out / METRICS_FILE).write_text("")
                 print(f"gradnas: {self.out} has no checkpoint yet (stopped during the first epoch); "
                       "starting from epoch 1", file=sys.stderr)
+                _write_json(self.out / NETWORK_FILE, self.network_info())  # the stop may have come before it
         elif resume:
             self._load(load_checkpoint(self.out / CHECKPOINT_FILE, map_location=self.device))
         elif self.world.is_main:
