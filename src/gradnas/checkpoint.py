@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
@@ -47,6 +48,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise GradnasError(f"{path} is not a gradnas checkpoint (format {FORMAT!r} expected)")
     return state
+
+
+def resume_point(run_dir: str | os.PathLike, *, unit: str, map_location="cpu", main: bool = True,
+                 checkpoint: str = "checkpoint.pt", metrics: str = "metrics.jsonl",
+                 config: str = "config.yaml") -> dict | None:
+    """The checkpoint state a resumed run continues from, or None when the run (its folder has its config)
+    was stopped before it wrote its first checkpoint: nothing done then counts, so (on the main process) its
+    metrics file is emptied and the run says it starts again from its first ``unit`` (epoch, round)."""
+    run_dir = Path(run_dir)
+    if (run_dir / checkpoint).exists() or not (run_dir / config).is_file():
+        return load_checkpoint(run_dir / checkpoint, map_location=map_location)  # or its clear error
+    if main:
+        (run_dir / metrics).write_text("")
+        print(f"gradnas: {run_dir} has no checkpoint yet (stopped during the first {unit}); starting from "
+              f"{unit} 1", file=sys.stderr)
+    return None
 
 
 def metrics_until(path: str | os.PathLike, epoch: int) -> list[dict]:

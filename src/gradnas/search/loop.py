@@ -48,7 +48,7 @@ from tqdm import tqdm
 from gradnas import distributed
 from gradnas.benchmark import benchmark_for, format_benchmark
 from gradnas.distributed import resolve_device  # noqa: F401  (also imported from here by callers)
-from gradnas.checkpoint import keep_metrics_until, load_checkpoint, metrics_until, save_checkpoint
+from gradnas.checkpoint import keep_metrics_until, metrics_until, resume_point, save_checkpoint
 from gradnas.config import SearchConfig, resume_conflicts
 from gradnas.data import Augment, PairedBatches, SearchSplit, iterate_batches, load_dataset, make_search_split
 from gradnas.data.sources import dataset_key
@@ -177,14 +177,10 @@ class Search:
         # A checkpoint written on SIGINT/SIGTERM is mid-epoch: steps done in epoch `self.epoch` + 1, the
         # running sums, and the random streams a step draws from (see `_stop_mid_epoch`).
         self.step, self._partial = 0, None
-        if resume and not (self.out / CHECKPOINT_FILE).exists() and (self.out / CONFIG_FILE).is_file():
-            # Stopped before its first checkpoint: nothing was done that counts, so start at epoch 1.
-            if self.world.is_main:
-                (self.out / METRICS_FILE).write_text("")
-                print(f"gradnas: {self.out} has no checkpoint yet (stopped during the first epoch); "
-                      "starting from epoch 1", file=sys.stderr)
-        elif resume:
-            self._load(load_checkpoint(self.out / CHECKPOINT_FILE, map_location=self.device))
+        state = resume_point(self.out, unit="epoch", map_location=self.device, main=self.world.is_main) if resume \
+            else None
+        if state is not None:
+            self._load(state)
 
     # -- folder and state
     def _prepare_folder(self, resume: bool) -> None:
@@ -219,13 +215,16 @@ class Search:
             "sizes": self.sizes.state_dict(),
         }
 
-    def _load(self, state: dict) -> None:
+    def _check_same_config(self, state: dict) -> None:
         # Read back through SearchConfig: a key the checkpoint's gradnas did not have yet means its default.
         diff = resume_conflicts(SearchConfig.from_dict(state["config"]).to_dict(), self.cfg.to_dict())
         if diff:
             key, saved, now = diff[0]
             raise GradnasError(f"the checkpoint in {self.out} was written with another config ({key}: {saved!r} "
                                f"there, {now!r} now); resume without changing settings or start a new --out")
+
+    def _load(self, state: dict) -> None:
+        self._check_same_config(state)
         try:
             self.model.load_state_dict(state["model"])
             self.w_optim.load_state_dict(state["w_optim"])

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from itertools import islice
 from pathlib import Path
@@ -41,8 +40,8 @@ from tqdm import tqdm
 
 from gradnas import distributed
 from gradnas.benchmark import benchmark_for, format_benchmark
-from gradnas.checkpoint import keep_metrics_until, load_checkpoint, save_checkpoint
-from gradnas.config import SearchConfig, resume_conflicts
+from gradnas.checkpoint import keep_metrics_until, resume_point, save_checkpoint
+from gradnas.config import SearchConfig
 from gradnas.data import Augment, SearchSplit, load_dataset, make_search_split
 from gradnas.data.loader import ShuffledBatches
 from gradnas.errors import GradnasError
@@ -173,13 +172,9 @@ class PVLLSearch(Search):
         self.round = 0
         self.trained = 0  # training rounds done: the index into the batch stream and the lr schedule
         self._stream = None  # (next batch position, iterator) of the training batch stream
-        if resume and not (self.out / CHECKPOINT_FILE).exists():
-            # Stopped before its first checkpoint: nothing was done that counts, so start at round 1.
-            (self.out / METRICS_FILE).write_text("")
-            print(f"gradnas: {self.out} has no checkpoint yet (stopped during the first round); starting from "
-                  "round 1", file=sys.stderr)
-        elif resume:
-            self._load(load_checkpoint(self.out / CHECKPOINT_FILE, map_location=self.device))
+        state = resume_point(self.out, unit="round", map_location=self.device) if resume else None
+        if state is not None:
+            self._load(state)
 
     # -- pieces of a round
     def _trains(self, phase: str) -> bool:
@@ -271,11 +266,7 @@ class PVLLSearch(Search):
                 "pvll": self.pvll.state_dict()}
 
     def _load(self, state: dict) -> None:
-        diff = resume_conflicts(SearchConfig.from_dict(state["config"]).to_dict(), self.cfg.to_dict())
-        if diff:
-            key, saved, now = diff[0]
-            raise GradnasError(f"the checkpoint in {self.out} was written with another config ({key}: {saved!r} "
-                               f"there, {now!r} now); resume without changing settings or start a new --out")
+        self._check_same_config(state)  # Search's
         try:
             self.model.load_state_dict(state["model"])
             self.w_optim.load_state_dict(state["w_optim"])
@@ -301,7 +292,7 @@ class PVLLSearch(Search):
         ``stop_on_signal`` a SIGINT / SIGTERM lets the round in flight finish (its checkpoint is written at
         its end) and raises :class:`gradnas.signals.Interrupted`."""
         stop = stop_after_round if stop_after_round is not None else stop_after_epoch
-        pc, total = self.cfg.pvll, len(self.plan)
+        total = len(self.plan)
         bar = tqdm(total=total, initial=self.round, disable=not self.progress, unit="round", desc="pvll")
         try:
             with StopOnSignal(stop_on_signal) as guard:

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from gradnas import distributed
-from gradnas.checkpoint import keep_metrics_until, load_checkpoint, save_checkpoint
+from gradnas.checkpoint import keep_metrics_until, resume_point, save_checkpoint
 from gradnas.config import resume_conflicts
 from gradnas.data.sources import dataset_key
 from gradnas.errors import GradnasError
@@ -123,16 +122,11 @@ class Training:
         # A checkpoint written on SIGINT/SIGTERM is mid-epoch: the steps done in the next epoch, the
         # running sums and the random streams a step draws from.
         self.step, self._partial = 0, None
-        if resume and not (self.out / CHECKPOINT_FILE).exists() and (self.out / CONFIG_FILE).is_file():
-            # Stopped before its first checkpoint: nothing was done that counts, so start at epoch 1.
-            if self.world.is_main:
-                (self.out / METRICS_FILE).write_text("")
-                print(f"gradnas: {self.out} has no checkpoint yet (stopped during the first epoch); "
-                      "starting from epoch 1", file=sys.stderr)
-                _write_json(self.out / NETWORK_FILE, self.network_info())  # the stop may have come before it
-        elif resume:
-            self._load(load_checkpoint(self.out / CHECKPOINT_FILE, map_location=self.device))
-        elif self.world.is_main:
+        state = resume_point(self.out, unit="epoch", map_location=self.device, main=self.world.is_main) if resume \
+            else None
+        if state is not None:
+            self._load(state)
+        elif self.world.is_main:  # a new run, or one stopped before its first checkpoint (and maybe this file)
             _write_json(self.out / NETWORK_FILE, self.network_info())
 
     def network_info(self) -> dict:
