@@ -118,8 +118,9 @@ def run_case(name: str, out: Path) -> dict:
         summary = search.run()
         model = search.model
         if cfg.method == "pvll":
-            alphas = [search.pvll.A.detach().tolist()]
-            extra = {"estimator_sha256": state_sha256(search.pvll.estimator.state_dict())}
+            pvll = getattr(search, "algorithm", search).pvll  # (the redesign moved it into the search's algorithm)
+            alphas = [pvll.A.detach().tolist()]
+            extra = {"estimator_sha256": state_sha256(pvll.estimator.state_dict())}
         else:
             alphas = [a.detach().tolist() for a in model.arch_parameters()]
             extra = {}

@@ -22,7 +22,7 @@ from gradnas.config import SearchConfig
 from gradnas.errors import GradnasError
 from gradnas.search.loop import build_optimizers
 from gradnas.relax import make_relaxation
-from gradnas.search.methods import METHODS, make_method
+from gradnas.search.methods import ArchOptimizer, METHODS, make_method
 from gradnas.space import build_supernet, get_space
 
 # "forward-backward" is the plain baseline the figures start from: one pass, all gradients.
@@ -81,8 +81,9 @@ def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, devi
     make_relaxation(relax)
     cells = space_cfg.cells_per_stage if space == "nb201" else space_cfg.cells
     for m in methods:
-        if m != BASELINE and m.split(":")[0] not in METHODS:
-            raise GradnasError(f"bench: unknown method {m!r}; valid: {BASELINE}, {', '.join(sorted(METHODS))} "
+        per_batch = sorted(n for n, c in METHODS.items() if issubclass(c, ArchOptimizer))
+        if m != BASELINE and m.split(":")[0] not in per_batch:
+            raise GradnasError(f"bench: unknown method {m!r}; valid: {BASELINE}, {', '.join(per_batch)} "
                                "(append :2 for second order, e.g. darts:2)")
     if batch < 1 or steps < 1 or warmup < 0:
         raise GradnasError("bench: --batch and --steps must be >= 1, --warmup >= 0")

@@ -7,9 +7,15 @@ The tree mirrors the object tree: ``data`` -> the data pipeline, ``supernet`` ->
 paper's learning-rate rule), ``stop`` -> MiLeNAS's early stopping on the model size
 (gradnas.search.sizes), ``pvll`` -> PVLL-NAS (method pvll: its steps, warm-up, estimator and sampler),
 and the top level -> the search method and loop (with the papers' switches: ``alpha_data``,
-``switch_at`` / ``then``).
+``switch_at`` / ``then``). A registered plug-in (method, relaxation, space) may bring a section of its own
+(``gradnas.registry.register_section``); it is parsed by the plug-in's config class and kept in ``SearchConfig.sections``.
 A config may hold the sections of every space and relaxation; ``space`` and ``relax`` pick the one used.
 Unknown keys are rejected with the list of valid ones; values are parsed as YAML data, never code.
+
+Which component reads which key is declared by the components themselves (a method's ``reads``, a
+relaxation's or space's section, an algorithm's ``reads``); :func:`check_components` refuses a setting that
+no component of the run reads, naming the component that would (``--method darts --lambda 5``: lambda is
+read by method milenas). This module imports no search code: the caller hands it the components' claims.
 Defaults are the papers' CIFAR-10 search settings (DARTS / MiLeNAS: 50 epochs, batch 64, 8 cells,
 16 channels, SGD 0.025 cosine to 0.001, Adam 3e-4 for alpha).
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,15 +32,15 @@ import yaml
 
 from gradnas.data.loader import ALPHA_DATA
 from gradnas.errors import GradnasError
+from gradnas.registry import SECTIONS
 from gradnas.relax import RELAXATIONS, GumbelConfig
-from gradnas.search.probes import ProbeConfig
-from gradnas.search.sizes import StopConfig
-from gradnas.search.pvll import PVLLConfig
-from gradnas.space import SPACES, get_space
+from gradnas.space import get_space
 from gradnas.space.darts import DartsSpaceConfig
 from gradnas.space.nb201 import NB201SpaceConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+STOP_RULES = ("at_size", "when_smaller")
+_EDGE_SPEC = re.compile(r"^\s*([a-z]+|-?\d+)\s*:\s*(\d+)\s*<-\s*(\d+|\*)\s*$")
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,150 @@ class CollapseConfig:
     max_decays: int = 3
 
 
+# ---- sections read by the search's callbacks and by method pvll (their code is in gradnas.search)
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The ``probes`` config section. Everything is off by default."""
+
+    gap: bool = False                      # train/validation loss and accuracy gap
+    grad_corr: bool = False                # gradient correlation per node (single-level paper eq. 13)
+    grad_corr_cells: tuple | None = None   # cell indices (negative count from the end); None: first, middle, last
+    dl_dp_edges: tuple = ()                # "CELL:TARGET<-SOURCE"; CELL an index, last, or a kind; SOURCE may be *
+    batches: int = 2                       # (weight, architecture) batch pairs per epoch for grad_corr and dl_dp
+
+    def __post_init__(self):
+        object.__setattr__(self, "dl_dp_edges", tuple(self.dl_dp_edges))
+        if self.grad_corr_cells is not None:
+            object.__setattr__(self, "grad_corr_cells", tuple(self.grad_corr_cells))
+            if not self.grad_corr_cells or not all(isinstance(c, int) and not isinstance(c, bool)
+                                                   for c in self.grad_corr_cells):
+                raise GradnasError(f"probes.grad_corr_cells must be a non-empty list of cell indices or null, "
+                                   f"got {list(self.grad_corr_cells)}")
+        for spec in self.dl_dp_edges:
+            parse_edge_spec(spec)
+        if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
+            raise GradnasError(f"probes.batches must be an integer >= 1, got {self.batches!r}")
+
+    @property
+    def needs_gradients(self) -> bool:
+        return self.grad_corr or bool(self.dl_dp_edges)
+
+    @property
+    def enabled(self) -> bool:
+        return self.gap or self.needs_gradients
+
+
+def parse_edge_spec(spec) -> tuple[str, int, int | None]:
+    """'7:3<-0' -> ('7', 3, 0); 'last:3<-*' -> ('-1', 3, None); 'normal:2<-1' -> ('normal', 2, 1).
+
+    CELL is a searched cell's index (negative from the end; 'last' = -1), or a cell kind (DARTS: normal,
+    reduce; NAS-Bench-201: cell) for the gradient of the weight all cells of that kind share (the sum
+    over them); SOURCE * means every input of the node. Kinds and ranges are checked against the supernet."""
+    m = _EDGE_SPEC.match(str(spec))
+    if not m:
+        raise GradnasError(f"probe edge {spec!r}: expected CELL:TARGET<-SOURCE, e.g. 'last:3<-0', '4:2<-1' or "
+                           "'normal:3<-*' (all normal cells together, every input of node 3)")
+    cell, target, source = m.groups()
+    return "-1" if cell == "last" else cell, int(target), None if source == "*" else int(source)
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    """Early stopping rules (module doc); both null (the default) means search every epoch."""
+
+    at_size: tuple | None = None         # [N, R]: conv ops in the normal, reduction cell (NB-201: [N] or [N, 0])
+    when_smaller: float | None = None    # P: evaluation-network parameters in millions
+
+    def __post_init__(self):
+        if self.at_size is not None:
+            size = tuple(self.at_size)
+            if not (1 <= len(size) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                 for v in size)):
+                raise GradnasError(f"config: stop.at_size must be [N, R], two integers >= 0 (conv ops in the normal "
+                                   f"and the reduction cell; NB-201: N alone), got {list(size)!r}")
+            object.__setattr__(self, "at_size", size)
+        if self.when_smaller is not None and not (self.when_smaller > 0 and math.isfinite(self.when_smaller)):
+            raise GradnasError(f"config: stop.when_smaller must be a number of millions of parameters > 0, got "
+                               f"{self.when_smaller}")
+
+    @property
+    def active(self) -> bool:
+        return self.at_size is not None or self.when_smaller is not None
+
+    def rule_value(self, rule: str):
+        """The configured value of one rule, as a stop record stores it (a list for at_size)."""
+        value = getattr(self, rule)
+        return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class PVLLConfig:
+    """PVLL-NAS settings (the ``pvll`` config section). Defaults: the paper's (section 5.1, Algorithm 1)
+    where it gives them.
+
+    Budget: ``population`` warm-up architectures (N, each trained twice and measured once, Algorithm 1
+    lines 1-10), then ``steps`` search steps (T). ``warmup: false`` (Table 5) skips the warm-up population
+    and searches T + N steps instead, keeping the paper's budget ("200 steps to keep the budget").
+    ``train_batches`` / ``val_batches``: SGD steps per architecture training and validation batches per
+    measurement; null means one pass over the weight / architecture half of the search split, the paper's
+    "1 epoch". ``uniform_sampling`` (Table 5, "with sampler: N"): H_t is drawn uniformly and A only follows
+    psi. ``weighted_loss``: the 1/p_t weight of eq. 8; null means on with the sampler and off with uniform
+    sampling (Table 5 has it "N/A" there: p_t compares consecutive samples of the sampler); ``p_min`` is
+    the floor on |p_t| (see :func:`pair_weights`). The estimator: an LSTM with ``hidden`` units, Adam with
+    ``estimator_lr``, ``estimator_updates`` full-memory steps after each measurement and ``warmup_updates``
+    on the warm-up population (Algorithm 1 line 11). A: Adam with ``arch_lr`` (paper: 0.1), Gumbel
+    temperature ``tau`` (paper: 0.1, constant).
+    """
+
+    steps: int = 100
+    population: int = 100
+    warmup: bool = True
+    memory: int = 100
+    tau: float = 0.1
+    arch_lr: float = 0.1
+    hidden: int = 64
+    estimator_lr: float = 0.01
+    estimator_updates: int = 10
+    warmup_updates: int = 500
+    train_batches: int | None = None
+    val_batches: int | None = None
+    uniform_sampling: bool = False
+    weighted_loss: bool | None = None
+    p_min: float = 0.05
+
+    def __post_init__(self):
+        checks = [
+            (self.steps >= 1, f"pvll.steps must be >= 1, got {self.steps}"),
+            (self.population >= 2, f"pvll.population must be >= 2, got {self.population}"),
+            (self.memory >= 2, f"pvll.memory must be >= 2, got {self.memory}"),
+            (self.tau > 0, f"pvll.tau must be > 0, got {self.tau}"),
+            (self.arch_lr > 0 and self.estimator_lr > 0, "pvll.arch_lr and pvll.estimator_lr must be > 0"),
+            (self.hidden >= 1, f"pvll.hidden must be >= 1, got {self.hidden}"),
+            (self.estimator_updates >= 1 and self.warmup_updates >= 1,
+             "pvll.estimator_updates and pvll.warmup_updates must be >= 1"),
+            (self.train_batches is None or self.train_batches >= 1, "pvll.train_batches must be >= 1 or null"),
+            (self.val_batches is None or self.val_batches >= 1, "pvll.val_batches must be >= 1 or null"),
+            (0 < self.p_min <= 1, f"pvll.p_min must be in (0, 1], got {self.p_min}"),
+            (not (self.uniform_sampling and self.weighted_loss),
+             "pvll.weighted_loss weighs consecutive samples of the sampler (eq. 8); with uniform_sampling it does "
+             "not apply (Table 5: N/A). Drop one of them"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GradnasError(f"config: {message}")
+
+    @property
+    def weighted(self) -> bool:
+        """Whether eq. 8 weighs by 1/p_t (the default: with the sampler, not with uniform sampling)."""
+        return (not self.uniform_sampling) if self.weighted_loss is None else self.weighted_loss
+
+    @property
+    def search_steps(self) -> int:
+        """Search steps run: T, or T + N without the warm-up population (the paper's equal budget)."""
+        return self.steps if self.warmup else self.steps + self.population
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     space: str = "darts"
@@ -109,6 +260,8 @@ class SearchConfig:
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     pvll: PVLLConfig = field(default_factory=PVLLConfig)  # read by method pvll only
+    # sections of registered plug-ins (register_section): section name -> that plug-in's frozen config
+    sections: dict = field(default_factory=dict)
 
     def __post_init__(self):
         checks = [
@@ -178,19 +331,32 @@ class SearchConfig:
         """The method names this search runs, in order (two with a method schedule)."""
         return (self.method,) if self.then is None else (self.method, self.then)
 
+    def section(self, name: str):
+        """A config section by name: a built-in one (``supernet``, ``gumbel``, ...) or a registered plug-in's
+        (its defaults when the config does not set it)."""
+        if name in {f.name for f in fields(self)} and name != "sections":
+            return getattr(self, name)
+        if name in self.sections:
+            return self.sections[name]
+        if name in SECTIONS:
+            return SECTIONS[name][0]()
+        raise GradnasError(f"config: no section {name!r}")
+
     @property
     def space_config(self):
         """The config section of the chosen space (``supernet`` for darts, ``nb201`` for nb201)."""
-        return getattr(self, get_space(self.space).section)
+        return self.section(get_space(self.space).section)
 
     @property
     def relax_config(self):
         """The config section of the chosen relaxation (``gumbel``), or None if it has no settings."""
         cls = RELAXATIONS.get(self.relax)
-        return getattr(self, RELAX_SECTIONS[self.relax]) if cls is not None and cls.config_class else None
+        return self.section(cls.config_section) if cls is not None and cls.config_class else None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        del d["sections"]
+        d.update({name: _plain(dataclasses.asdict(value)) for name, value in self.sections.items()})
         d["lambda"] = d.pop("lam")
         d["supernet"]["ops"] = list(d["supernet"]["ops"])
         d["arch_optim"]["betas"] = list(d["arch_optim"]["betas"])
@@ -206,8 +372,11 @@ class SearchConfig:
         return build_config(cls, d)
 
 
-# Sections that configure one relaxation, by relaxation name.
-RELAX_SECTIONS = {"gumbel": "gumbel"}
+def _plain(d: dict) -> dict:
+    """Tuples as lists, recursively (YAML-safe)."""
+    return {k: _plain(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
 # YAML spellings of fields whose Python names differ, per config class.
 _ALIASES = {SearchConfig: {"lambda": "lam"}}
 
@@ -234,9 +403,13 @@ def _build(cls, d: Any, where: str):
     kwargs = {}
     for key, value in d.items():
         attr = aliases.get(key, key)
-        if attr not in names:
+        if cls is SearchConfig and attr not in names and key in SECTIONS:  # a registered plug-in's section
+            kwargs.setdefault("sections", {})[key] = _build(SECTIONS[key][0], value, f"{key}.")
+            continue
+        if attr not in names or attr == "sections":
             spelled = {v: k for k, v in aliases.items()}
-            valid = sorted(spelled.get(n, n) for n in names)
+            valid = sorted([spelled.get(n, n) for n in names if n != "sections"] +
+                           (list(SECTIONS) if cls is SearchConfig else []))
             raise GradnasError(f"config: unknown key {where + key!r}; valid keys{' in ' + where[:-1] if where else ''}: "
                                f"{', '.join(valid)}")
         section = _section_class(names[attr])
@@ -324,20 +497,59 @@ def apply_override(d: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def unused_section(cfg: SearchConfig, key: str) -> str | None:
-    """If the dotted ``key`` lies in a section that ``cfg``'s space or relaxation does not read, a message
-    saying so and naming the section that is read instead; None otherwise."""
-    section = key.split(".", 1)[0]
-    space_sections = {spec.section: name for name, spec in SPACES.items()}
-    if section in space_sections and section != get_space(cfg.space).section:
-        return (f"{key} configures the {space_sections[section]} space, but this search uses space {cfg.space!r} "
-                f"(configured by the {get_space(cfg.space).section!r} section)")
-    if section == "pvll" and cfg.method != "pvll":
-        return f"{key} configures method pvll, but this search uses method {cfg.method!r}"
-    relax_sections = {sec: name for name, sec in RELAX_SECTIONS.items()}
-    if section in relax_sections and section != RELAX_SECTIONS.get(cfg.relax):
-        return f"{key} configures the {relax_sections[section]} relaxation, but this search uses relax {cfg.relax!r}"
-    return None
+@dataclass(frozen=True)
+class Claim:
+    """What one component of a search reads: ``keys`` (dotted keys or whole sections) belong to ``owner`` (e.g.
+    "method milenas", "the darts space"); ``active``: whether this search runs that component. For an inactive
+    one, ``reason`` says what runs instead and ``hint`` what to do (the running component's word, if any)."""
+
+    owner: str
+    keys: tuple
+    active: bool
+    reason: str = ""
+    hint: str = ""
+    section: bool = False   # the keys are the owner's config section ("configures" rather than "is read by")
+    # whether a value that differs from the default is refused even when the user did not set it explicitly:
+    # not for the sections of spaces and relaxations, which one config file may hold for several of them
+    strict: bool = True
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_components(cfg: SearchConfig, claims, *, given=()) -> None:
+    """Refuse a setting that only components this search does not run would read, naming the one that would.
+
+    A key counts as set when it is in ``given`` (the dotted keys a user set explicitly, by a flag or ``--set``)
+    or, for a strict claim (every one but the sections of spaces and relaxations), when its value differs from
+    the default. Keys no component claims (the common ones: space, method, relax, order, batch_size, seed,
+    device, threads, data, w_optim) are always read."""
+    values = flatten(cfg.to_dict())
+    defaults = flatten(SearchConfig().to_dict())
+    spelled = {"lam": "lambda"}
+    given = {spelled.get(k, k) for k in given}
+    for key in sorted(values):
+        readers = [c for c in claims if any(key == k or key.startswith(k + ".") for k in c.keys)]
+        if not readers or any(c.active for c in readers):
+            continue
+        c = readers[0]
+        explicit = any(key == g or key.startswith(g + ".") for g in given)
+        if not explicit and not (c.strict and defaults.get(key, _UNSET) != values[key]):
+            continue
+        verb = "configures" if c.section else "is read by"
+        raise GradnasError(f"config: {key} {verb} {c.owner}, but {c.reason}{': ' + c.hint if c.hint else ''}; "
+                           "drop it")
+
+
+_UNSET = object()
 
 
 # What a resumed search may change: where it runs, and when it stops, not what an epoch computes.

@@ -14,21 +14,44 @@ from dataclasses import dataclass
 import torch
 
 from gradnas.errors import GradnasError
+from gradnas.registry import RESERVED_KEYS, register_section, unregister_section
 
 RELAXATIONS: dict[str, type["Relaxation"]] = {}
 
 
 def register_relaxation(cls):
-    RELAXATIONS[cls.name] = cls
+    """Register a relaxation class (decorator) under its ``name`` (what ``relax:`` / ``--relax`` take). A plug-in
+    with settings declares ``config_class`` (a frozen dataclass) and ``config_section`` (its top-level config
+    key); a name already registered is refused."""
+    name = getattr(cls, "name", None)
+    if not (isinstance(cls, type) and issubclass(cls, Relaxation)) or not isinstance(name, str) or name == "base":
+        raise GradnasError(f"register_relaxation: {getattr(cls, '__name__', cls)!r} must be a Relaxation subclass "
+                           "with a class attribute `name`")
+    if name in RELAXATIONS and RELAXATIONS[name] is not cls:
+        raise GradnasError(f"register_relaxation: a relaxation named {name!r} is already registered")
+    if cls.config_class is not None and cls.config_section is None:
+        raise GradnasError(f"register_relaxation: {name!r} has a config_class but no config_section to read it from")
+    if cls.config_section is not None and cls.config_section not in RESERVED_KEYS:
+        register_section(cls.config_section, cls.config_class, f"relaxation {name}")
+    RELAXATIONS[name] = cls
     return cls
+
+
+def unregister_relaxation(name: str) -> None:
+    """Remove a registered relaxation (tests, interactive sessions)."""
+    cls = RELAXATIONS.pop(name, None)
+    if cls is not None and cls.config_section is not None and cls.config_section not in RESERVED_KEYS:
+        unregister_section(cls.config_section)
 
 
 class Relaxation:
     name = "base"
     #: alpha weight decay used when the config leaves it unset
     default_arch_weight_decay = 0.0
-    #: frozen dataclass of the relaxation's settings (its config section), or None if it has none
+    #: frozen dataclass of the relaxation's settings, or None if it has none; ``config_section`` is the
+    #: top-level config key that holds them
     config_class = None
+    config_section = None
 
     def init_alpha(self, num_edges: int, num_ops: int, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -131,6 +154,7 @@ class Gumbel(Relaxation):
     name = "gumbel"
     default_arch_weight_decay = 1e-3
     config_class = GumbelConfig
+    config_section = "gumbel"
 
     def __init__(self, config: GumbelConfig | None = None):
         self.config = config or GumbelConfig()

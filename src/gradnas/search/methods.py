@@ -1,8 +1,15 @@
 """Architecture optimizers: how one search step updates the weights w and the architecture alpha.
 
-One class per method, registered by name; each takes a supernet that exposes ``weight_parameters()`` and
-``arch_parameters()`` and the two optimizers, and implements ``step(train_batch, val_batch)``. The loop
-around them (epochs, schedules, metrics, checkpoints) is shared: see ``gradnas.search.loop``.
+One class per method, registered by name in the one registry of search methods
+(``gradnas.search.algorithm.METHODS``, with ``@register_method``); each takes a supernet that exposes
+``weight_parameters()`` and ``arch_parameters()`` and the two optimizers, and implements
+``step(train_batch, val_batch)``. The epoch loop around them is ``gradnas.search.gradient.GradientSearch``;
+the run around that (metrics, checkpoints, callbacks) is ``gradnas.search.loop.Search``.
+
+A plug-in method subclasses :class:`ArchOptimizer`, sets ``name`` (and ``orders``, ``uses_val_batch``), declares
+the config keys it reads (``reads``, e.g. ``("lambda",)``; an option no running component reads is refused)
+and, for settings of its own, ``config_section`` + ``config_class`` (a frozen dataclass, handed to it as
+``self.config``).
 
 Notation: L_tr is the loss on the batch that trains w, L_val the loss on the batch from the
 architecture half of the split.
@@ -17,13 +24,7 @@ import torch.nn.functional as F
 
 from gradnas.errors import GradnasError
 from gradnas.search import hypergrad
-
-METHODS: dict[str, type["ArchOptimizer"]] = {}
-
-
-def register_method(cls):
-    METHODS[cls.name] = cls
-    return cls
+from gradnas.search.algorithm import METHODS, method_class, register_method
 
 
 class StepStats(dict):
@@ -35,10 +36,15 @@ class ArchOptimizer:
     orders: ClassVar[tuple] = (1,)
     #: does the method read the architecture-half batch?
     uses_val_batch: ClassVar[bool] = True
+    #: config keys it reads beyond the common ones and the epoch loop's (see gradnas.config.check_components)
+    reads: ClassVar[tuple] = ()
+    #: a section of its own (plug-ins): the top-level config key and its frozen dataclass
+    config_section: ClassVar[str | None] = None
+    config_class: ClassVar[type | None] = None
 
     def __init__(self, model, *, w_optim: torch.optim.Optimizer, a_optim: torch.optim.Optimizer,
                  grad_clip: float = 5.0, order: int = 1, lam: float = 1.0, xi: float | None = None,
-                 fd_scale: float | None = None):
+                 fd_scale: float | None = None, config=None):
         if order not in self.orders:
             raise GradnasError(f"method {self.name!r} supports order {' or '.join(map(str, self.orders))}, "
                                f"not {order}")
@@ -62,6 +68,8 @@ class ArchOptimizer:
         self.grad_sync = None
         self.xi = xi  # None: the current weight learning rate (DARTS)
         self.fd_scale = hypergrad.FD_SCALE if fd_scale is None else fd_scale
+        #: the method's own config section (an instance of ``config_class``), or None
+        self.config = config if config is not None or self.config_class is None else self.config_class()
 
     def step(self, train_batch, val_batch) -> StepStats:
         raise NotImplementedError
@@ -165,6 +173,7 @@ class Bilevel(ArchOptimizer):
 
     name = "darts"
     orders = (1, 2)
+    reads = ("xi", "fd_scale")
 
     def step(self, train_batch, val_batch):
         if self.order == 1:
@@ -206,6 +215,7 @@ class MixedLevel(ArchOptimizer):
 
     name = "milenas"
     orders = (1, 2)
+    reads = ("lambda", "xi", "fd_scale")
 
     def step(self, train_batch, val_batch):
         self.w_optim.zero_grad(set_to_none=True)
@@ -239,36 +249,10 @@ class MixedLevel(ArchOptimizer):
         return stats
 
 
-# Methods that are not a per-batch update of w and alpha but run a loop of their own (``METHODS`` holds the
-# per-batch ones, which ``Search`` steps): name -> class describing them (name, orders, uses_val_batch).
-OWN_LOOP_METHODS: dict[str, type] = {}
-
-
-class PVLL:
-    """PVLL-NAS (search in a proxy validation loss landscape): a loop over sampled architectures with a
-    learned loss estimator, run by ``gradnas.search.pvll_search.PVLLSearch`` (``loop.open_search`` picks it).
-    Order 2 trains each sampled cell before measuring its loss, order 1 measures it as it is (section 5.4)."""
-
-    name = "pvll"
-    orders = (1, 2)
-    uses_val_batch = True
-
-
-OWN_LOOP_METHODS[PVLL.name] = PVLL
-
-
-def method_class(name: str) -> type[ArchOptimizer]:
-    if name in OWN_LOOP_METHODS:
-        return OWN_LOOP_METHODS[name]
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise GradnasError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}, and with a loop "
-                           f"of its own {', '.join(sorted(OWN_LOOP_METHODS))}") from None
-
-
 def make_method(name: str, model, **kwargs) -> ArchOptimizer:
-    if name in OWN_LOOP_METHODS:
+    """The architecture optimizer ``name`` over ``model`` (keyword arguments: see :class:`ArchOptimizer`)."""
+    cls = method_class(name)
+    if not (isinstance(cls, type) and issubclass(cls, ArchOptimizer)):
         raise GradnasError(f"method {name!r} runs its own search loop, not per-batch steps; start it through "
-                           "gradnas.search.loop.open_search (gradnas search --method {name})")
-    return method_class(name)(model, **kwargs)
+                           f"gradnas.search.loop.Search (gradnas search --method {name})")
+    return cls(model, **kwargs)

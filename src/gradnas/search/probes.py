@@ -38,67 +38,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from gradnas.config import ProbeConfig, parse_edge_spec  # noqa: F401  (re-exported: the probes section)
 from gradnas.errors import GradnasError
 from gradnas.relax import Relaxation
 from gradnas.space.darts import DartsSupernet, edge_list
 from gradnas.space.nb201 import NB201SearchCell, NB201Supernet, nb201_edges
-
-_EDGE_SPEC = re.compile(r"^\s*([a-z]+|-?\d+)\s*:\s*(\d+)\s*<-\s*(\d+|\*)\s*$")
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """The ``probes`` config section. Everything is off by default."""
-
-    gap: bool = False                      # train/validation loss and accuracy gap
-    grad_corr: bool = False                # gradient correlation per node (single-level paper eq. 13)
-    grad_corr_cells: tuple | None = None   # cell indices (negative count from the end); None: first, middle, last
-    dl_dp_edges: tuple = ()                # "CELL:TARGET<-SOURCE"; CELL an index, last, or a kind; SOURCE may be *
-    batches: int = 2                       # (weight, architecture) batch pairs per epoch for grad_corr and dl_dp
-
-    def __post_init__(self):
-        object.__setattr__(self, "dl_dp_edges", tuple(self.dl_dp_edges))
-        if self.grad_corr_cells is not None:
-            object.__setattr__(self, "grad_corr_cells", tuple(self.grad_corr_cells))
-            if not self.grad_corr_cells or not all(isinstance(c, int) and not isinstance(c, bool)
-                                                   for c in self.grad_corr_cells):
-                raise GradnasError(f"probes.grad_corr_cells must be a non-empty list of cell indices or null, "
-                                   f"got {list(self.grad_corr_cells)}")
-        for spec in self.dl_dp_edges:
-            parse_edge_spec(spec)
-        if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
-            raise GradnasError(f"probes.batches must be an integer >= 1, got {self.batches!r}")
-
-    @property
-    def needs_gradients(self) -> bool:
-        return self.grad_corr or bool(self.dl_dp_edges)
-
-    @property
-    def enabled(self) -> bool:
-        return self.gap or self.needs_gradients
-
-
-def parse_edge_spec(spec) -> tuple[str, int, int | None]:
-    """'7:3<-0' -> ('7', 3, 0); 'last:3<-*' -> ('-1', 3, None); 'normal:2<-1' -> ('normal', 2, 1).
-
-    CELL is a searched cell's index (negative from the end; 'last' = -1), or a cell kind (DARTS: normal,
-    reduce; NAS-Bench-201: cell) for the gradient of the weight all cells of that kind share (the sum
-    over them); SOURCE * means every input of the node. Kinds and ranges are checked against the supernet."""
-    m = _EDGE_SPEC.match(str(spec))
-    if not m:
-        raise GradnasError(f"probe edge {spec!r}: expected CELL:TARGET<-SOURCE, e.g. 'last:3<-0', '4:2<-1' or "
-                           "'normal:3<-*' (all normal cells together, every input of node 3)")
-    cell, target, source = m.groups()
-    return "-1" if cell == "last" else cell, int(target), None if source == "*" else int(source)
-
 
 def alpha_objective(method) -> tuple[float, float]:
     """(c_w, c_a): alpha descends c_w L(weight batch) + c_a L(architecture batch) under this method.

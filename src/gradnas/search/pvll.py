@@ -21,80 +21,13 @@ module on the NAS-Bench-201 table as a synthetic landscape.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from gradnas.config import PVLLConfig  # noqa: F401  (re-exported: the pvll section)
 from gradnas.errors import GradnasError
 from gradnas.relax import gumbel_straight_through
-
-
-@dataclass(frozen=True)
-class PVLLConfig:
-    """PVLL-NAS settings (the ``pvll`` config section). Defaults: the paper's (section 5.1, Algorithm 1)
-    where it gives them.
-
-    Budget: ``population`` warm-up architectures (N, each trained twice and measured once, Algorithm 1
-    lines 1-10), then ``steps`` search steps (T). ``warmup: false`` (Table 5) skips the warm-up population
-    and searches T + N steps instead, keeping the paper's budget ("200 steps to keep the budget").
-    ``train_batches`` / ``val_batches``: SGD steps per architecture training and validation batches per
-    measurement; null means one pass over the weight / architecture half of the search split, the paper's
-    "1 epoch". ``uniform_sampling`` (Table 5, "with sampler: N"): H_t is drawn uniformly and A only follows
-    psi. ``weighted_loss``: the 1/p_t weight of eq. 8; null means on with the sampler and off with uniform
-    sampling (Table 5 has it "N/A" there: p_t compares consecutive samples of the sampler); ``p_min`` is
-    the floor on |p_t| (see :func:`pair_weights`). The estimator: an LSTM with ``hidden`` units, Adam with
-    ``estimator_lr``, ``estimator_updates`` full-memory steps after each measurement and ``warmup_updates``
-    on the warm-up population (Algorithm 1 line 11). A: Adam with ``arch_lr`` (paper: 0.1), Gumbel
-    temperature ``tau`` (paper: 0.1, constant).
-    """
-
-    steps: int = 100
-    population: int = 100
-    warmup: bool = True
-    memory: int = 100
-    tau: float = 0.1
-    arch_lr: float = 0.1
-    hidden: int = 64
-    estimator_lr: float = 0.01
-    estimator_updates: int = 10
-    warmup_updates: int = 500
-    train_batches: int | None = None
-    val_batches: int | None = None
-    uniform_sampling: bool = False
-    weighted_loss: bool | None = None
-    p_min: float = 0.05
-
-    def __post_init__(self):
-        checks = [
-            (self.steps >= 1, f"pvll.steps must be >= 1, got {self.steps}"),
-            (self.population >= 2, f"pvll.population must be >= 2, got {self.population}"),
-            (self.memory >= 2, f"pvll.memory must be >= 2, got {self.memory}"),
-            (self.tau > 0, f"pvll.tau must be > 0, got {self.tau}"),
-            (self.arch_lr > 0 and self.estimator_lr > 0, "pvll.arch_lr and pvll.estimator_lr must be > 0"),
-            (self.hidden >= 1, f"pvll.hidden must be >= 1, got {self.hidden}"),
-            (self.estimator_updates >= 1 and self.warmup_updates >= 1,
-             "pvll.estimator_updates and pvll.warmup_updates must be >= 1"),
-            (self.train_batches is None or self.train_batches >= 1, "pvll.train_batches must be >= 1 or null"),
-            (self.val_batches is None or self.val_batches >= 1, "pvll.val_batches must be >= 1 or null"),
-            (0 < self.p_min <= 1, f"pvll.p_min must be in (0, 1], got {self.p_min}"),
-            (not (self.uniform_sampling and self.weighted_loss),
-             "pvll.weighted_loss weighs consecutive samples of the sampler (eq. 8); with uniform_sampling it does "
-             "not apply (Table 5: N/A). Drop one of them"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise GradnasError(f"config: {message}")
-
-    @property
-    def weighted(self) -> bool:
-        """Whether eq. 8 weighs by 1/p_t (the default: with the sampler, not with uniform sampling)."""
-        return (not self.uniform_sampling) if self.weighted_loss is None else self.weighted_loss
-
-    @property
-    def search_steps(self) -> int:
-        """Search steps run: T, or T + N without the warm-up population (the paper's equal budget)."""
-        return self.steps if self.warmup else self.steps + self.population
 
 
 class LossEstimator(nn.Module):

@@ -28,30 +28,23 @@ derivation) and, on NB-201, its benchmark figures are recorded every round and i
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from itertools import islice
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gradnas import distributed
 from gradnas.benchmark import benchmark_for, format_benchmark
-from gradnas.checkpoint import keep_metrics_until, resume_point, save_checkpoint
-from gradnas.config import SearchConfig
-from gradnas.data import Augment, SearchSplit, load_dataset, make_search_split
+from gradnas.config import PVLLConfig
 from gradnas.data.loader import ShuffledBatches
 from gradnas.errors import GradnasError
-from gradnas.relax import GumbelConfig, Relaxation
-from gradnas.search.loop import (CHECKPOINT_FILE, GENOTYPE_FILE, METRICS_FILE, SPLIT_FILE, SUMMARY_FILE, Search,
-                                 _write_json, check_names, resolve_device)
+from gradnas.relax import Relaxation
+from gradnas.search import callbacks as cbs
+from gradnas.search.algorithm import SearchAlgorithm, register_method
 from gradnas.search.pvll import PVLL
-from gradnas.signals import Interrupted, StopOnSignal
 from gradnas.space import build_supernet
-from gradnas.space.genotype import save_genotype
 
 # Added to the (seed, round) seed so the sampler never shares a stream with the data order.
 _PVLL_STREAM = 0x51F15EED
@@ -73,68 +66,55 @@ class OneHotRelaxation(Relaxation):
         return alpha, [(k,) for k in alpha.detach().argmax(-1).tolist()]
 
 
-def check_pvll_config(cfg: SearchConfig) -> None:
-    """Refuse the settings of other methods that PVLL would not read (each names what to do instead)."""
-    from gradnas.config import ArchOptimConfig, CollapseConfig
-    from gradnas.search.probes import ProbeConfig
-    problems = [
-        (cfg.then is not None, "a method schedule (switch_at / then) switches per-batch methods at an epoch; "
-                               "pvll runs its own steps. Drop switch_at and then"),
-        (cfg.relax not in ("softmax", "gumbel"),
-         f"pvll samples by Gumbel-max from softmax(A) (relax softmax or gumbel), not relax {cfg.relax!r}"),
-        (cfg.gumbel != GumbelConfig(), "pvll's Gumbel temperature is constant, pvll.tau (paper: 0.1); the gumbel "
-                                       "section's schedule does not apply. Drop the gumbel settings"),
-        (cfg.arch_optim != ArchOptimConfig(), "arch_optim configures the alpha optimizer of darts, milenas and "
-                                              "single-level; pvll's A is optimized by Adam with pvll.arch_lr"),
-        (cfg.xi is not None or cfg.fd_scale is not None, "xi and fd_scale belong to the virtual step of darts / "
-                                                         "milenas order 2; pvll order 2 trains the sampled cell"),
-        (cfg.data.eval_batches is not None, "data.eval_batches sizes the end-of-epoch validation of the other "
-                                            "methods; pvll measures each cell on pvll.val_batches batches"),
-        (cfg.alpha_data != "split", "pvll measures losses on the architecture half; alpha_data must be split"),
-        (cfg.probes != ProbeConfig(), "the probes measure per-epoch gradients of the per-batch methods; they do "
-                                      "not run with pvll. Drop the probe settings"),
-        (cfg.collapse.lr_decay, "collapse.lr_decay lowers the lr at epoch ends; pvll has no epochs"),
-        (cfg.collapse != CollapseConfig() and not cfg.collapse.lr_decay,
-         "the collapse watch runs at epoch ends; pvll has no epochs. Drop the collapse settings"),
-        (cfg.stop.at_size is not None or cfg.stop.when_smaller is not None,
-         "the model-size stop rules (stop.at_size, stop.when_smaller) judge the genotype at epoch ends; pvll has "
-         "no epochs. Drop them"),
-        (not cfg.pvll.warmup and cfg.order == 1,
-         "pvll.warmup false with order 1 would measure every loss on an untrained supernet (order 1 trains it "
-         "only in the warm-up); use order 2"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise GradnasError(f"method pvll: {message}")
+@register_method
+class PVLLSearch(SearchAlgorithm):
+    """PVLL-NAS (module doc), one round per unit. Order 2 trains each sampled cell before measuring its loss,
+    order 1 measures it as it is (section 5.4)."""
 
+    name = "pvll"
+    orders = (1, 2)
+    unit = "round"
+    uses_relaxation = False  # H is sampled from softmax(A) by PVLL itself
+    single_process_reason = " (its steps are one architecture each)"
+    config_section, config_class = "pvll", PVLLConfig
+    nan_fix = "Lower the weight learning rate (w_optim.lr) or check the data, then start a new run."
+    nan_context = " of pvll"
+    # What to do instead of the settings of other components (gradnas.config.check_components names them).
+    hints = {
+        "epochs": "its budget is pvll.steps search steps after pvll.population warm-up architectures "
+                  "(--set pvll.steps=N)",
+        "switch_at": "a method schedule switches per-batch methods at an epoch; pvll runs its own steps",
+        "then": "a method schedule switches per-batch methods at an epoch; pvll runs its own steps",
+        "gumbel": "pvll's Gumbel temperature is constant, pvll.tau (paper: 0.1); the gumbel section's schedule "
+                  "does not apply",
+        "arch_optim": "pvll's A is optimized by Adam with pvll.arch_lr",
+        "xi": "xi and fd_scale belong to the virtual step of darts / milenas order 2; pvll order 2 trains the "
+              "sampled cell",
+        "fd_scale": "xi and fd_scale belong to the virtual step of darts / milenas order 2; pvll order 2 trains "
+                    "the sampled cell",
+        "data.eval_batches": "it sizes the end-of-epoch validation of the other methods; pvll measures each cell "
+                             "on pvll.val_batches batches",
+        "alpha_data": "pvll measures losses on the architecture half; alpha_data must be split",
+        "probes": "the probes measure per-epoch gradients of the per-batch methods; they do not run with pvll",
+        "collapse": "the collapse watch runs at epoch ends; pvll has no epochs",
+        "stop": "the model-size stop rules judge the genotype at epoch ends; pvll has no epochs",
+    }
 
-class PVLLSearch(Search):
-    """A PVLL-NAS search run, built from a config; :meth:`run` executes the remaining rounds. It shares the
-    run folder, split, checkpoint format and error style of :class:`~gradnas.search.loop.Search`."""
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse what pvll cannot run (each message names what to do instead); the settings of other components
+        are refused by gradnas.config.check_components."""
+        if cfg.relax not in ("softmax", "gumbel"):
+            raise GradnasError(f"method pvll: pvll samples by Gumbel-max from softmax(A) (relax softmax or gumbel), "
+                               f"not relax {cfg.relax!r}")
+        if not cfg.pvll.warmup and cfg.order == 1:
+            raise GradnasError("method pvll: pvll.warmup false with order 1 would measure every loss on an untrained "
+                               "supernet (order 1 trains it only in the warm-up); use order 2")
 
-    def __init__(self, cfg: SearchConfig, out_dir, *, resume: bool = False, progress: bool = True):
-        self.cfg, self.out, self.progress = cfg, Path(out_dir), progress
-        check_names(cfg)  # includes check_pvll_config
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.world = distributed.world()
-        if self.world.size > 1:
-            raise GradnasError("method pvll runs in one process (its steps are one architecture each); start it "
-                               "without torchrun")
-        self.device = resolve_device(cfg.device)
-        self._prepare_folder(resume)
+    def __init__(self, cfg, *, data, device, world):
+        self.cfg, self.device, self.world = cfg, device, world
         pc = cfg.pvll
-
-        data = load_dataset(cfg.data.dataset, cfg.data.data_dir)
-        split_path = self.out / SPLIT_FILE
-        if resume and split_path.is_file():
-            self.split = SearchSplit.from_dict(json.loads(split_path.read_text()))
-        else:
-            self.split = make_search_split(len(data.train_y), fraction=cfg.data.split_fraction, seed=cfg.seed,
-                                           subset=cfg.data.subset)
-            _write_json(split_path, self.split.to_dict())
-        self.augment = Augment(data.mean, data.std, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
-                               cutout=cfg.data.cutout)
+        self.split, self.augment, data = data.split, data.augment, data.dataset
         w_idx, a_idx = self.split.weight_idx, self.split.arch_idx
         self.batches = ShuffledBatches(data.train_x[w_idx], data.train_y[w_idx], batch_size=cfg.batch_size,
                                        augment=self.augment, device=self.device, seed=cfg.seed)
@@ -169,12 +149,19 @@ class PVLLSearch(Search):
                      [("warmup-eval", i) for i in range(pc.population)] if pc.warmup else [])
         self.plan += [("search", t) for t in range(pc.search_steps)]
         self.training_rounds = sum(1 for phase, _ in self.plan if self._trains(phase))
-        self.round = 0
         self.trained = 0  # training rounds done: the index into the batch stream and the lr schedule
         self._stream = None  # (next batch position, iterator) of the training batch stream
-        state = resume_point(self.out, unit="round", map_location=self.device) if resume else None
-        if state is not None:
-            self._load(state)
+        self.run = None  # the harness, while it runs this search (its NaN error)
+        self._bar = None
+
+    def builtin_callbacks(self) -> list:
+        return [*cbs.BenchmarkLookup.for_space(self.cfg.space), cbs.GenotypeWriter()]
+
+    def units(self) -> int:
+        return len(self.plan)
+
+    def genotype(self):
+        return self.derived()[0]
 
     # -- pieces of a round
     def _trains(self, phase: str) -> bool:
@@ -218,7 +205,7 @@ class PVLLSearch(Search):
             logits = self.model(x)
             loss = F.cross_entropy(logits, y)
             if not math.isfinite(loss.item()):
-                raise self._pvll_nan(round_index, f"training (batch {step})")
+                raise self.run.nan_error(round_index, f"training (batch {step})")
             loss.backward(inputs=self.weights)
             if self.cfg.w_optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.weights, self.cfg.w_optim.grad_clip)
@@ -242,7 +229,7 @@ class PVLLSearch(Search):
             correct += int((logits.argmax(1) == y).sum())
         loss = loss_sum / len(self.val_y)
         if not math.isfinite(loss):
-            raise self._pvll_nan(round_index, "validation")
+            raise self.run.nan_error(round_index, "validation")
         return loss, 100.0 * correct / len(self.val_y)
 
     def _ops_of(self, h: torch.Tensor) -> dict:
@@ -261,65 +248,37 @@ class PVLLSearch(Search):
 
     # -- state
     def state_dict(self) -> dict:
-        return {"config": self.cfg.to_dict(), "round": self.round, "trained": self.trained,
-                "model": self.model.state_dict(), "w_optim": self.w_optim.state_dict(),
+        return {"trained": self.trained, "model": self.model.state_dict(), "w_optim": self.w_optim.state_dict(),
                 "pvll": self.pvll.state_dict()}
 
-    def _load(self, state: dict) -> None:
-        self._check_same_config(state)  # Search's
-        try:
-            self.model.load_state_dict(state["model"])
-            self.w_optim.load_state_dict(state["w_optim"])
-            self.pvll.load_state_dict(state["pvll"])
-            self.round, self.trained = int(state["round"]), int(state["trained"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise GradnasError(f"checkpoint in {self.out} does not match this search ({str(exc).splitlines()[0]}); "
-                               "start a new --out") from None
-        # Metrics lines past the checkpoint belong to rounds that will be run again.
-        keep_metrics_until(self.out / METRICS_FILE, self.round)
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.w_optim.load_state_dict(state["w_optim"])
+        self.pvll.load_state_dict(state["pvll"])
+        self.trained = int(state["trained"])
 
-    def _pvll_nan(self, round_index: int, where: str) -> GradnasError:
-        last = (f"the last good checkpoint (round {self.round}) is in {self.out}" if self.round else
-                "no round had finished, so there is no checkpoint")
-        return GradnasError(f"the {where} loss became NaN/inf in round {round_index + 1} of pvll; {last}. Lower "
-                            "the weight learning rate (w_optim.lr) or check the data, then start a new run.")
+    # -- the rounds
+    def start(self, run) -> None:
+        self.run = run
+        self._bar = tqdm(total=len(self.plan), initial=run.done, disable=not run.progress, unit="round", desc="pvll")
 
-    # -- the loop
-    def run(self, *, stop_after_round: int | None = None, stop_after_epoch: int | None = None,
-            stop_on_signal: bool = False) -> dict:
-        """Run the remaining rounds; ``stop_after_round`` ends early after that many (as a crash would).
-        (``stop_after_epoch`` is the same, for callers written against :class:`Search`.) With
-        ``stop_on_signal`` a SIGINT / SIGTERM lets the round in flight finish (its checkpoint is written at
-        its end) and raises :class:`gradnas.signals.Interrupted`."""
-        stop = stop_after_round if stop_after_round is not None else stop_after_epoch
+    def end(self, run) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def summary(self, *, done: int, finished: bool) -> dict:
         total = len(self.plan)
-        bar = tqdm(total=total, initial=self.round, disable=not self.progress, unit="round", desc="pvll")
-        try:
-            with StopOnSignal(stop_on_signal) as guard:
-                while self.round < total:
-                    if stop is not None and self.round >= stop:
-                        break
-                    self._run_round(self.round, bar)
-                    if guard.requested and self.round < total:
-                        raise Interrupted(f"stopped by {guard.name} after round {self.round}/{total}; its checkpoint "
-                                          f"is saved. Continue with:\n  gradnas search --resume {self.out}",
-                                          signum=guard.requested)
-        finally:
-            bar.close()
         genotype, _ = self.derived()
-        summary = {"rounds_done": self.round, "rounds": total, "finished": self.round >= total,
-                   "genotype": genotype.to_string(), "run_dir": str(self.out)}
-        if self.benchmark:
-            summary[self.benchmark[0]] = self.benchmark[1](genotype)
-        if summary["finished"]:
+        summary = {"rounds_done": done, "rounds": total, "finished": finished, "genotype": genotype.to_string()}
+        if finished:
             # The argmax-of-A sub-network (for nb201 exactly the derived cell) measured as every sample was.
             self._set_architecture(torch.zeros_like(self.pvll.A, dtype=torch.float32).scatter_(
                 -1, self.pvll.A.detach().argmax(-1, keepdim=True), 1.0))
             summary["valid_loss"], summary["valid_acc"] = self._measure(total)
-            _write_json(self.out / SUMMARY_FILE, summary)
         return summary
 
-    def _run_round(self, r: int, bar) -> None:
+    def run_unit(self, r: int, run) -> dict:
         t0 = time.time()
         pc = self.cfg.pvll
         phase, i = self.plan[r]
@@ -349,29 +308,26 @@ class PVLLSearch(Search):
                 record["kendall_tau"] = self.pvll.memory_tau()
             record["memory"] = len(self.pvll.memory)
         genotype, edge_weights = self.derived()
+        self.last_genotype = genotype
         record["genotype"] = genotype.to_string()
-        if self.benchmark:
-            record[self.benchmark[0]] = self.benchmark[1](genotype)
-            if self.cfg.space == "nb201":
-                from gradnas.space.genotype import NB201Genotype
-                sampled = NB201Genotype.from_weights(h.tolist(), self.ops)
-                record["sampled_" + self.benchmark[0]] = self.benchmark[1](sampled)
+        if self.benchmark:  # and the sampled cell's (the supernet's alpha holds H again after `derived`)
+            record["sampled_" + self.benchmark[0]] = self.benchmark[1](self.model.genotype())
         record["edge_weights"] = edge_weights
         record["round_time"] = time.time() - t0
-        self.round = r + 1
-        with open(self.out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        save_genotype(genotype, self.out / GENOTYPE_FILE)
-        save_checkpoint(self.state_dict(), self.out / CHECKPOINT_FILE)
-        bar.update(1)
-        if self.progress:
+        self._bar.update(1)
+        if run.progress:
             post = {"phase": phase}
             if "measured_loss" in record:
                 post["loss"] = f"{record['measured_loss']:.3f}"
             if record.get("kendall_tau") is not None:
                 post["tau"] = f"{record['kendall_tau']:.2f}"
-            bar.set_postfix(post)
-            if phase == "search" and (i + 1) % 10 == 0 or r + 1 == len(self.plan):
-                bench = (f"  {self.benchmark[0]} {format_benchmark(record[self.benchmark[0]])}"
-                         if self.benchmark else "")
-                tqdm.write(f"pvll step {i + 1}/{pc.search_steps}  {genotype}{bench}")
+            self._bar.set_postfix(post)
+        return record
+
+    def progress_line(self, record: dict) -> str | None:
+        phase, i = self.plan[record["epoch"] - 1]
+        if phase == "search" and (i + 1) % 10 == 0 or record["epoch"] == len(self.plan):
+            bench = (f"  {self.benchmark[0]} {format_benchmark(self.benchmark[1](self.last_genotype))}"
+                     if self.benchmark else "")
+            return f"pvll step {i + 1}/{self.cfg.pvll.search_steps}  {self.last_genotype}{bench}"
+        return None

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from gradnas.config import STOP_RULES, StopConfig  # noqa: F401  (re-exported: the stop section)
 from gradnas.errors import GradnasError
 from gradnas.space.darts_network import count_params_m, darts_params_m
 from gradnas.space.genotype import NB201Genotype, genotype_from_dict, load_genotype, save_genotype
@@ -44,36 +43,6 @@ from gradnas.space.ops import CONV_OPS
 
 SIZES_DIR = "sizes"
 INDEX_FILE = "index.json"
-STOP_RULES = ("at_size", "when_smaller")
-
-
-@dataclass(frozen=True)
-class StopConfig:
-    """Early stopping rules (module doc); both null (the default) means search every epoch."""
-
-    at_size: tuple | None = None         # [N, R]: conv ops in the normal, reduction cell (NB-201: [N] or [N, 0])
-    when_smaller: float | None = None    # P: evaluation-network parameters in millions
-
-    def __post_init__(self):
-        if self.at_size is not None:
-            size = tuple(self.at_size)
-            if not (1 <= len(size) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                                 for v in size)):
-                raise GradnasError(f"config: stop.at_size must be [N, R], two integers >= 0 (conv ops in the normal "
-                                   f"and the reduction cell; NB-201: N alone), got {list(size)!r}")
-            object.__setattr__(self, "at_size", size)
-        if self.when_smaller is not None and not (self.when_smaller > 0 and math.isfinite(self.when_smaller)):
-            raise GradnasError(f"config: stop.when_smaller must be a number of millions of parameters > 0, got "
-                               f"{self.when_smaller}")
-
-    @property
-    def active(self) -> bool:
-        return self.at_size is not None or self.when_smaller is not None
-
-    def rule_value(self, rule: str):
-        """The configured value of one rule, as a stop record stores it (a list for at_size)."""
-        value = getattr(self, rule)
-        return list(value) if isinstance(value, tuple) else value
 
 
 def conv_counts(genotype) -> tuple:

@@ -11,38 +11,34 @@ exactly as if it had never stopped.
 Under torchrun each rank takes its slice of every global batch, gradients are averaged over the ranks,
 the test set is split over the ranks and its sums added up; only rank 0 writes the run folder.
 
+:class:`Training` is the run harness of a training run (``gradnas.run.Harness``: run folder, checkpoints,
+resume, signals, callbacks); :class:`Trainer` is the job it drives, one epoch per unit.
+
 Run folder: config.yaml (resolved), genotype.json, network.json (size), metrics.jsonl, checkpoint.pt,
 summary.json (when finished).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from gradnas import distributed
-from gradnas.checkpoint import keep_metrics_until, resume_point, save_checkpoint
-from gradnas.config import resume_conflicts
 from gradnas.data.sources import dataset_key
 from gradnas.errors import GradnasError
+from gradnas.run import (CHECKPOINT_FILE, CONFIG_FILE, GENOTYPE_FILE, METRICS_FILE, NETWORK_FILE,  # noqa: F401
+                         SUMMARY_FILE, CheckpointMismatch, Harness, set_threads)
 from gradnas.space import build_network
 from gradnas.space.darts_network import count_params_m
 from gradnas.space.genotype import Genotype, load_genotype, save_genotype
 from gradnas.train.config import TrainConfig
 from gradnas.train.data import make_train_data
-from gradnas.signals import Interrupted, StopOnSignal
-
-CONFIG_FILE, GENOTYPE_FILE, NETWORK_FILE = "config.yaml", "genotype.json", "network.json"
-METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE = "metrics.jsonl", "checkpoint.pt", "summary.json"
 
 
 @torch.no_grad()
@@ -76,23 +72,63 @@ def _step_generator(device, seed: int, epoch: int, rank: int) -> torch.Generator
     return g
 
 
-class Training:
-    """Everything a training run holds, built from a config and a genotype; ``run()`` executes the epochs."""
+class Training(Harness):
+    """A training run of ``genotype``'s evaluation network, built from a config; ``run()`` executes the epochs.
+
+    ``callbacks``: user callbacks (``gradnas.callbacks.Callback``), run before the metrics writer; they may add
+    keys to every metrics line and request a stop."""
+
+    command, holds, noun = "train", "a training run", "run"
+    config_class = TrainConfig
 
     def __init__(self, cfg: TrainConfig, genotype: Genotype, out_dir: str | os.PathLike, *, resume: bool = False,
-                 progress: bool = True):
-        self.cfg, self.genotype, self.out = cfg, genotype, Path(out_dir)
-        self.progress = progress
+                 progress: bool = True, callbacks=()):
+        super().__init__(cfg, out_dir, progress=progress)
+        self.genotype = genotype
         dataset_key(cfg.data.dataset)  # fail fast, before the run folder is made
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.world = distributed.world()
+        set_threads(cfg.threads)
         distributed.check_divisible(cfg.batch_size)
-        self.device = distributed.resolve_device(cfg.device)
-        if cfg.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        device = distributed.resolve_device(cfg.device)
+        if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise GradnasError("precision bf16 needs a GPU with bfloat16 support; use --precision fp32")
         distributed.run_on_main(lambda: self._prepare_folder(resume))
+        self.trainer = Trainer(cfg, genotype, device=device, world=self.world)
+        self._attach(self.trainer, list(callbacks), resume=resume, device=device)
+        if resume and self.done == 0 and self.is_main:  # stopped before its first checkpoint (maybe this file too)
+            self.folder.write_json(NETWORK_FILE, self.trainer.network_info())
+        elif not resume and self.is_main:
+            self.folder.write_json(NETWORK_FILE, self.trainer.network_info())
 
+    @property
+    def data(self):
+        return self.trainer.data
+
+    @property
+    def params_m(self) -> float:
+        return self.trainer.params_m
+
+    @property
+    def macs_m(self) -> float:
+        return self.trainer.macs_m
+
+    def _prepare_folder(self, resume: bool) -> None:
+        self.folder.prepare(self.cfg.to_dict(), resume=resume)
+        saved = self.folder.file(GENOTYPE_FILE)
+        if not resume:
+            save_genotype(self.genotype, saved)
+        elif saved.is_file() and load_genotype(saved) != self.genotype:
+            raise GradnasError(f"{self.out} trains another genotype ({load_genotype(saved)}); resume without "
+                               "--genotype or start a new --out")
+
+
+class Trainer:
+    """The job of a training run: the network, its optimizer and schedule, one epoch per unit."""
+
+    unit = "epoch"
+    nan_fix = "Lower optim.lr or check the data, then start a new run."
+
+    def __init__(self, cfg: TrainConfig, genotype: Genotype, *, device, world):
+        self.cfg, self.genotype, self.device, self.world = cfg, genotype, device, world
         self.data = make_train_data(cfg.data, batch_size=cfg.batch_size, seed=cfg.seed, device=self.device,
                                     world=self.world)
         torch.manual_seed(cfg.seed)  # weight initialisation
@@ -116,18 +152,11 @@ class Training:
                                                                         eta_min=o.lr_min or 0.0)
         else:
             self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=o.gamma)
-        self.epoch = 0
         self.best_test_acc = -1.0
         self.last_test: dict = {}  # the last epoch's test figures
         # A checkpoint written on SIGINT/SIGTERM is mid-epoch: the steps done in the next epoch, the
         # running sums and the random streams a step draws from.
         self.step, self._partial = 0, None
-        state = resume_point(self.out, unit="epoch", map_location=self.device, main=self.world.is_main) if resume \
-            else None
-        if state is not None:
-            self._load(state)
-        elif self.world.is_main:  # a new run, or one stopped before its first checkpoint (and maybe this file)
-            _write_json(self.out / NETWORK_FILE, self.network_info())
 
     def network_info(self) -> dict:
         return {"space": self.genotype.space, "genotype": self.genotype.to_string(), "params_m": self.params_m,
@@ -135,60 +164,28 @@ class Training:
                 "num_classes": self.data.num_classes, "cells": self.cfg.network.cells,
                 "channels": self.cfg.network.channels, "auxiliary": self.cfg.network.auxiliary_weight > 0}
 
-    # -- folder and state
-    def _prepare_folder(self, resume: bool) -> None:
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise GradnasError(f"cannot write to the run folder {self.out} ({exc.strerror}); choose another --out")
-        if resume:
-            saved = self.out / GENOTYPE_FILE
-            if saved.is_file() and load_genotype(saved) != self.genotype:
-                raise GradnasError(f"{self.out} trains another genotype ({load_genotype(saved)}); resume without "
-                                   "--genotype or start a new --out")
-            return
-        if (self.out / CHECKPOINT_FILE).exists():
-            raise GradnasError(f"{self.out} already holds a training run; continue it with `gradnas train --resume "
-                               f"{self.out}` or choose another --out")
-        (self.out / CONFIG_FILE).write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        save_genotype(self.genotype, self.out / GENOTYPE_FILE)
-        (self.out / METRICS_FILE).write_text("")
-
+    # -- state
     def state_dict(self) -> dict:
-        return {"config": self.cfg.to_dict(), "genotype": self.genotype.to_string(), "epoch": self.epoch,
-                "best_test_acc": self.best_test_acc, "last_test": self.last_test, "model": self.model.state_dict(),
+        return {"genotype": self.genotype.to_string(), "best_test_acc": self.best_test_acc,
+                "last_test": self.last_test, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "step": self.step, **({"partial": self._partial} if self.step else {})}
 
-    def _load(self, state: dict) -> None:
-        diff = resume_conflicts(state["config"], self.cfg.to_dict())
-        if diff:
-            key, saved, now = diff[0]
-            raise GradnasError(f"the checkpoint in {self.out} was written with another config ({key}: {saved!r} "
-                               f"there, {now!r} now); resume without changing settings or start a new --out")
+    def load_state_dict(self, state: dict) -> None:
         if state.get("genotype") != self.genotype.to_string():
-            raise GradnasError(f"the checkpoint in {self.out} trains another genotype; start a new --out")
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise GradnasError(f"checkpoint in {self.out} does not match this run ({str(exc).splitlines()[0]}); "
-                               "start a new --out") from None
-        self.epoch = int(state["epoch"])
+            raise CheckpointMismatch("trains another genotype")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         self.best_test_acc = float(state["best_test_acc"])
         self.last_test = dict(state.get("last_test", {}))
         self.step = int(state.get("step", 0))  # absent before mid-epoch checkpoints: an epoch boundary
         self._partial = state.get("partial") if self.step else None
         if self.step and (self._partial is None or not 0 < self.step < self.data.steps):
-            raise GradnasError(f"checkpoint in {self.out} stops at step {self.step} of an epoch of "
-                               f"{self.data.steps} steps; it does not match this run, start a new --out")
-        path = self.out / METRICS_FILE  # lines past the checkpoint belong to an epoch that will run again
-        if path.exists() and self.world.is_main:
-            keep_metrics_until(path, self.epoch)
+            raise CheckpointMismatch(f"stops at step {self.step} of an epoch of {self.data.steps} steps")
+
+    def units(self) -> int:
+        return self.cfg.epochs
 
     # -- one epoch
     def _autocast(self):
@@ -210,7 +207,7 @@ class Training:
                                                                                  label_smoothing=smoothing)
         return total, logits, loss
 
-    def _train_epoch(self, epoch: int, guard) -> dict:
+    def _train_epoch(self, epoch: int, run) -> dict:
         cfg = self.cfg
         self.model.train()
         drop_path_gen = None
@@ -228,7 +225,7 @@ class Training:
             if drop_path_gen is not None:
                 drop_path_gen.set_state(self._partial["drop_path_rng"])
         bar = tqdm(self.data.epoch(epoch, start), total=self.data.steps, initial=start,
-                   disable=not (self.progress and self.world.is_main),
+                   disable=not (run.progress and run.is_main),
                    leave=False, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
         for step, (x, y) in enumerate(bar, start):
             if cfg.channels_last:
@@ -236,7 +233,7 @@ class Training:
             total, logits, loss = self._loss(x, y)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                raise self._nan_error(epoch, f"training (step {step})")
+                raise run.nan_error(epoch, f"training (step {step})")
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             distributed.average_([p.grad for p in params])
@@ -247,9 +244,15 @@ class Training:
             correct += int((logits.detach().argmax(1) == y).sum())
             n += len(y)
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{100 * correct / n:.1f}")
-            if guard.requested and step + 1 < self.data.steps:
+            run.step_end(epoch, step, {"train_loss": loss_value, "train_n": len(y)})
+            if run.signal_requested and step + 1 < self.data.steps:
                 bar.close()
-                self._stop_mid_epoch(epoch, step + 1, (loss_sum, correct, n), drop_path_gen, guard)
+                # What a resumed step needs besides the weights: the running sums, the global torch RNG and the
+                # drop-path generator.
+                self.step = step + 1
+                self._partial = {"sums": [loss_sum, correct, n], "torch_rng": torch.get_rng_state(),
+                                 **({"drop_path_rng": drop_path_gen.get_state()} if drop_path_gen is not None else {})}
+                run.stop_mid_unit(epoch, step + 1, self.data.steps)
         self.step, self._partial = 0, None
         loss_sum, correct, n = distributed.sum_values([loss_sum, correct, n], self.device)
         return {"train_loss": loss_sum / max(n, 1), "train_acc": 100.0 * correct / max(n, 1)}
@@ -277,73 +280,28 @@ class Training:
             out["test_top5"] = 100.0 * topk / max(n, 1)
         return out
 
-    def _stop_mid_epoch(self, epoch: int, step: int, sums: tuple, drop_path_gen, guard) -> None:
-        """Checkpoint after ``step`` steps of ``epoch`` (0-based), with what a resumed step needs (running
-        sums, the global torch RNG, the drop-path generator), and raise Interrupted."""
-        self.step = step
-        self._partial = {"sums": list(sums), "torch_rng": torch.get_rng_state(),
-                         **({"drop_path_rng": drop_path_gen.get_state()} if drop_path_gen is not None else {})}
-        if self.world.is_main:
-            save_checkpoint(self.state_dict(), self.out / CHECKPOINT_FILE)
-        raise Interrupted(f"stopped by {guard.name} in epoch {epoch + 1}/{self.cfg.epochs} after step {step}/"
-                          f"{self.data.steps}; a checkpoint of that step is saved. Continue with:\n"
-                          f"  gradnas train --resume {self.out}", signum=guard.requested)
+    # -- one unit
+    def run_unit(self, epoch: int, run) -> dict:
+        cfg = self.cfg
+        t0 = time.time()
+        lr = self.scheduler.get_last_lr()[0]
+        record = {"epoch": epoch + 1, "lr": lr, "drop_path": cfg.network.drop_path * epoch / cfg.epochs}
+        record.update(self._train_epoch(epoch, run))
+        self.scheduler.step()
+        distributed.average_buffers(self.model)  # one set of BN statistics on every rank
+        record.update(self.evaluate())
+        if not math.isfinite(record["test_loss"]):
+            raise run.nan_error(epoch, "test")
+        record["epoch_time"] = time.time() - t0
+        self.best_test_acc = max(self.best_test_acc, record["test_acc"])
+        self.last_test = {k: record[k] for k in ("test_loss", "test_acc", "test_top5") if k in record}
+        return record
 
-    # -- the loop
-    def run(self, *, stop_after_epoch: int | None = None, stop_on_signal: bool = False) -> dict:
-        """Run the remaining epochs; ``stop_after_epoch`` ends early after that epoch (as a crash would).
+    def progress_line(self, record: dict) -> str:
+        top5 = f"  top-5 {record['test_top5']:.2f}" if "test_top5" in record else ""
+        return (f"epoch {record['epoch']}/{self.cfg.epochs}  train acc {record['train_acc']:.2f}  "
+                f"test acc {record['test_acc']:.2f}{top5}  ({record['epoch_time']:.0f} s)")
 
-        With ``stop_on_signal`` (the CLI's way) a SIGINT or SIGTERM lets the step in flight finish, writes a
-        checkpoint of that point and raises :class:`gradnas.signals.Interrupted` (one process only)."""
-        with StopOnSignal(stop_on_signal and self.world.size == 1) as guard:
-            return self._run(stop_after_epoch, guard)
-
-    def _run(self, stop_after_epoch, guard) -> dict:
-        cfg, main = self.cfg, self.world.is_main
-        for epoch in range(self.epoch, cfg.epochs):
-            if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                break
-            t0 = time.time()
-            lr = self.scheduler.get_last_lr()[0]
-            record = {"epoch": epoch + 1, "lr": lr, "drop_path": cfg.network.drop_path * epoch / cfg.epochs}
-            record.update(self._train_epoch(epoch, guard))
-            self.scheduler.step()
-            distributed.average_buffers(self.model)  # one set of BN statistics on every rank
-            record.update(self.evaluate())
-            if not math.isfinite(record["test_loss"]):
-                raise self._nan_error(epoch, "test")
-            record["epoch_time"] = time.time() - t0
-            self.epoch = epoch + 1
-            self.best_test_acc = max(self.best_test_acc, record["test_acc"])
-            self.last_test = {k: record[k] for k in ("test_loss", "test_acc", "test_top5") if k in record}
-            if not main:
-                continue
-            with open(self.out / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            save_checkpoint(self.state_dict(), self.out / CHECKPOINT_FILE)
-            if self.progress:
-                top5 = f"  top-5 {record['test_top5']:.2f}" if "test_top5" in record else ""
-                tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {record['train_acc']:.2f}  "
-                           f"test acc {record['test_acc']:.2f}{top5}  ({record['epoch_time']:.0f} s)")
-            if guard.requested and self.epoch < cfg.epochs:  # arrived during the test pass or the checkpoint
-                raise Interrupted(f"stopped by {guard.name} after epoch {self.epoch}/{cfg.epochs}; its checkpoint "
-                                  f"is saved. Continue with:\n  gradnas train --resume {self.out}",
-                                  signum=guard.requested)
-        summary = {"epochs_done": self.epoch, "finished": self.epoch >= cfg.epochs,
-                   "genotype": self.genotype.to_string(), "params_m": self.params_m, "macs_m": self.macs_m,
-                   **self.last_test, "best_test_acc": self.best_test_acc, "run_dir": str(self.out)}
-        if summary["finished"] and main:
-            _write_json(self.out / SUMMARY_FILE, summary)
-        return summary
-
-    def _nan_error(self, epoch, where):
-        last = (f"the last good checkpoint (epoch {self.epoch}) is in {self.out}" if self.epoch else
-                "no epoch had finished, so there is no checkpoint")
-        return GradnasError(f"the {where} loss became NaN/inf in epoch {epoch + 1}; {last}. Lower optim.lr or "
-                            "check the data, then start a new run.")
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    def summary(self, *, done: int, finished: bool) -> dict:
+        return {"epochs_done": done, "finished": finished, "genotype": self.genotype.to_string(),
+                "params_m": self.params_m, "macs_m": self.macs_m, **self.last_test, "best_test_acc": self.best_test_acc}
