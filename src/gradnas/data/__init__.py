@@ -2,7 +2,8 @@
 and the paired weight/architecture batches of gradient-based architecture search."""
 from gradnas.data.augment import Augment
 from gradnas.data.loader import PairedBatches, SearchSplit, iterate_batches, make_search_split
-from gradnas.data.sources import DATASETS, ImageDataset, load_dataset
+from gradnas.data.sources import (DATASETS, ImageDataset, load_dataset, register_dataset, registered_dataset,
+                                  unregister_dataset)
 
-__all__ = ["ImageDataset", "load_dataset", "DATASETS", "Augment", "SearchSplit", "make_search_split",
-           "PairedBatches", "iterate_batches"]
+__all__ = ["ImageDataset", "load_dataset", "DATASETS", "register_dataset", "unregister_dataset", "registered_dataset",
+           "Augment", "SearchSplit", "make_search_split", "PairedBatches", "iterate_batches"]

@@ -1,4 +1,7 @@
-"""Datasets by name: ``load_dataset("cifar10" | "fashion-mnist" | "imagefolder", data_dir)``.
+"""Datasets by name: ``load_dataset("cifar10" | "fashion-mnist" | "imagefolder" | a registered name, data_dir)``.
+
+:func:`register_dataset` adds a name, from a loader function or a map-style torch Dataset
+(``unregister_dataset`` / the ``registered_dataset`` context manager remove it again).
 
 Every loader returns an ImageDataset of whole uint8 tensors (decoding once; augmentation and
 normalisation happen later, batched, on the training device) and turns every problem with the input
@@ -6,12 +9,17 @@ into a GradnasError that says what is wrong, where it looked and how to fix it.
 """
 from __future__ import annotations
 
+import copy
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Callable
 
 import torch
+import torch.utils.data
 
 from gradnas.data import cifar_pickle, folder, idx
 from gradnas.errors import GradnasError
@@ -240,19 +248,201 @@ def load_imagefolder(data_dir=None, *, cache_dir=None) -> ImageDataset:
 
 # ------------------------------------------------------------------------------------ registry
 
-DATASETS: dict[str, Callable[..., ImageDataset]] = {
+# Dataset key -> loader(data_dir, *, cache_dir) -> ImageDataset. `DATASETS` is a read-only live view:
+# add datasets with register_dataset.
+_DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "cifar10": load_cifar10,
     "fashion-mnist": load_fashion_mnist,
     "imagefolder": load_imagefolder,
 }
+DATASETS = MappingProxyType(_DATASETS)
+BUILTIN_DATASETS = frozenset(_DATASETS)
+DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")  # a key after normalisation: it goes into configs and flags
+
+
+def _normalise(name) -> str:
+    # Any case, '_' for '-': "Fashion_MNIST" names fashion-mnist.
+    return str(name).strip().lower().replace("_", "-")
 
 
 def dataset_key(name: str) -> str:
     """The registry key of a dataset name (any case, '_' for '-'), or a GradnasError listing the valid ones."""
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in DATASETS:
-        raise GradnasError(f"unknown dataset {name!r}; valid names are: {', '.join(sorted(DATASETS))}")
+    key = _normalise(name)
+    if key not in _DATASETS:
+        raise GradnasError(f"unknown dataset {name!r}; valid names are: {', '.join(sorted(_DATASETS))} (add "
+                           "your own with gradnas.data.register_dataset)")
     return key
+
+
+def _label(value, where: str) -> int:
+    """An item's label as an int: a Python int, or an integer 0-d tensor / numpy scalar."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point \
+            and value.dtype != torch.bool:
+        return int(value.item())
+    if hasattr(value, "dtype") and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GradnasError(f"{where}: the label is {value!r} ({type(value).__name__}), not an int class index")
+    if value < 0:
+        raise GradnasError(f"{where}: label {value} is negative; labels are class indices 0, 1, ...")
+    return value
+
+
+def _image(value, where: str) -> torch.Tensor:
+    """An item's image as uint8 C x H x W: uint8 as it is, floats in [0, 1] scaled by 255 and rounded."""
+    if not isinstance(value, torch.Tensor):
+        raise GradnasError(f"{where}: the image is a {type(value).__name__}, not a tensor; return C x H x W "
+                           "tensors (e.g. torchvision.transforms.ToTensor())")
+    if value.dim() != 3:
+        raise GradnasError(f"{where}: the image has shape {tuple(value.shape)}, expected C x H x W (3 dimensions)")
+    if value.dtype == torch.uint8:
+        return value
+    if not value.dtype.is_floating_point:
+        raise GradnasError(f"{where}: the image is {value.dtype}; give uint8 (0..255) or float (0..1) images")
+    lo, hi = float(value.min()), float(value.max())
+    if not (0.0 <= lo and hi <= 1.0):  # also false for NaN
+        raise GradnasError(f"{where}: float image values span {lo:g}..{hi:g}, outside [0, 1]; give unnormalised "
+                           "images (gradnas normalises with the dataset's own mean/std)")
+    return (value.detach().cpu().to(torch.float64) * 255.0).round().to(torch.uint8)
+
+
+def _tensors_from_dataset(dataset, where: str, shape=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 N x C x H x W images, int64 labels) of a map-style dataset of (image, label) items, read once."""
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise GradnasError(f"{where}: a map-style dataset needs __len__ and __getitem__ (a "
+                           f"torch.utils.data.Dataset), got {type(dataset).__name__}") from None
+    if n == 0:
+        raise GradnasError(f"{where}: the dataset is empty")
+    images, labels = None, torch.empty(n, dtype=torch.int64)
+    for i in range(n):
+        item = dataset[i]
+        at = f"{where} item {i}"
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise GradnasError(f"{at}: expected an (image, label) pair, got {type(item).__name__}")
+        image = _image(item[0], at)
+        if images is None:
+            shape = tuple(image.shape) if shape is None else shape
+            images = torch.empty((n, *shape), dtype=torch.uint8)
+        if tuple(image.shape) != shape:
+            raise GradnasError(f"{at}: the image is {'x'.join(map(str, image.shape))} but the others are "
+                               f"{'x'.join(map(str, shape))} (C x H x W); all images must have one size (resize "
+                               "them in the dataset)")
+        images[i] = image
+        labels[i] = _label(item[1], at)
+    return images, labels
+
+
+def _dataset_from_items(key: str, train, test, classes) -> ImageDataset:
+    """Convert the registered Dataset(s) into one ImageDataset, checking every item."""
+    where = f"register_dataset({key!r})"
+    train_x, train_y = _tensors_from_dataset(train, f"{where}: training set")
+    if test is not None:
+        test_x, test_y = _tensors_from_dataset(test, f"{where}: test set", shape=tuple(train_x.shape[1:]))
+    else:
+        test_x, test_y = train_x.new_empty((0, *train_x.shape[1:])), train_y.new_empty(0)
+    top = int(torch.cat([train_y, test_y]).max())
+    if classes is None:
+        classes = [str(k) for k in range(top + 1)]
+    else:
+        classes = [str(c) for c in classes]
+        if top >= len(classes):
+            raise GradnasError(f"{where}: label {top} is out of range for the {len(classes)} class names given; "
+                               f"labels must be 0..{len(classes) - 1}")
+    mean, std = channel_stats(train_x)
+    return ImageDataset(name=key, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                        classes=classes, mean=mean, std=std)
+
+
+def _is_map_dataset(source) -> bool:
+    return isinstance(source, torch.utils.data.Dataset) or (
+        hasattr(source, "__getitem__") and hasattr(source, "__len__") and not callable(source))
+
+
+def register_dataset(name: str, source, *, test=None, classes=None, replace: bool = False) -> str:
+    """Make dataset ``name`` loadable by name (``data.dataset`` of searches and training runs); returns its key.
+
+    ``source`` is either
+
+    * a loader function ``(data_dir) -> ImageDataset``, called by every load with the configured
+      ``data_dir`` (None when none is given); ``test`` and ``classes`` then belong in its ImageDataset, or
+    * a map-style ``torch.utils.data.Dataset`` of (image, label) items: C x H x W tensors, uint8 or float in
+      [0, 1] (scaled by 255 and rounded to uint8), all of one size, and int labels. It is read once, now,
+      into an ImageDataset whose mean/std come from its images; ``test`` is an optional Dataset of the same
+      kind (no test set: an empty test split), ``classes`` optional class names (default "0", "1", ...; given,
+      every label must index them). Such a dataset has no files, so it refuses a ``data_dir``.
+
+    Names follow dataset_key (any case, '_' for '-'; letters, digits, '.', '-'). ``replace``: allow a new
+    source for a name registered earlier; built-in datasets are never replaced. Every problem is one
+    GradnasError naming the item.
+    """
+    key = _normalise(name)
+    where = f"register_dataset({name!r})"
+    if not DATASET_NAME.fullmatch(key):
+        raise GradnasError(f"{where}: a dataset name is letters, digits, '-', '_' and '.', starting with a letter "
+                           "or digit")
+    if key in BUILTIN_DATASETS:
+        raise GradnasError(f"{where}: {key!r} is a built-in dataset and cannot be replaced; choose another name")
+    if key in _DATASETS and not replace:
+        raise GradnasError(f"{where}: dataset {key!r} is already registered; pass replace=True to replace it, or "
+                           "unregister_dataset it first")
+    if _is_map_dataset(source):
+        if test is not None and not _is_map_dataset(test):
+            raise GradnasError(f"{where}: test= must be a map-style Dataset like the training set, got "
+                               f"{type(test).__name__}")
+        loader = _in_memory_loader(key, _dataset_from_items(key, source, test, classes))
+    elif callable(source):
+        if test is not None or classes is not None:
+            raise GradnasError(f"{where}: test= and classes= go with a Dataset source; a loader function returns "
+                               "them in its ImageDataset")
+        loader = _function_loader(key, source)
+    else:
+        raise GradnasError(f"{where}: the source must be a loader function (data_dir) -> ImageDataset or a "
+                           f"map-style torch Dataset of (image, label) items, got {type(source).__name__}")
+    _DATASETS[key] = loader
+    return key
+
+
+def _in_memory_loader(key: str, data: ImageDataset):
+    def load(data_dir=None, *, cache_dir=None) -> ImageDataset:
+        if data_dir is not None:
+            raise GradnasError(f"{key}: this dataset was registered from in-memory images and reads no files; "
+                               f"remove data_dir (--data-dir {data_dir})")
+        return copy.copy(data)  # the tensors are shared; a caller may rebind fields of its own copy
+    return load
+
+
+def _function_loader(key: str, function):
+    def load(data_dir=None, *, cache_dir=None) -> ImageDataset:
+        # cache_dir is for decoded image trees, which a user's loader does not read through gradnas.
+        data = function(data_dir)
+        if not isinstance(data, ImageDataset):
+            raise GradnasError(f"{key}: the registered loader returned {type(data).__name__}, not an "
+                               "ImageDataset (gradnas.data.ImageDataset)")
+        return data
+    return load
+
+
+def unregister_dataset(name: str) -> None:
+    """Remove a dataset added with :func:`register_dataset` (built-in ones stay)."""
+    key = _normalise(name)
+    if key in BUILTIN_DATASETS:
+        raise GradnasError(f"dataset {key!r} is built in and cannot be unregistered")
+    if key not in _DATASETS:
+        raise GradnasError(f"dataset {name!r} is not registered; registered datasets: "
+                           f"{', '.join(sorted(set(_DATASETS) - BUILTIN_DATASETS)) or 'none'}")
+    del _DATASETS[key]
+
+
+@contextmanager
+def registered_dataset(name: str, source, *, test=None, classes=None):
+    """``register_dataset`` for the duration of a ``with`` block; yields the key, unregisters afterwards."""
+    key = register_dataset(name, source, test=test, classes=classes)
+    try:
+        yield key
+    finally:
+        unregister_dataset(key)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
@@ -262,7 +452,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     ``cache_dir`` holds decoded image trees (default $GRADNAS_CACHE or ~/.cache/gradnas).
     """
     key = dataset_key(name)
-    loader = DATASETS[key]
+    loader = _DATASETS[key]
     try:
         return loader(data_dir, cache_dir=cache_dir)
     except GradnasError as exc:

@@ -86,6 +86,8 @@ class SearchCell(nn.Module):
         self.pre0 = FactorizedReduce(c_pp, c, affine=False) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0, False)
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, affine=False)
         # Weighted ops per edge, keyed "target_source"; pools and `none` are not per edge (see module doc).
+        # Registered ops (register_op), parameter-free or not, are per edge: the supernet knows nothing of
+        # them but the (C, stride, affine) factory and forward(x), so it computes p_k * o_k(x) like that.
         self.edges = nn.ModuleDict()
         for target, source in edge_list(cfg.nodes):
             stride = 2 if reduction and source < 2 else 1

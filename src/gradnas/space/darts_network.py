@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from gradnas.errors import GradnasError
 from gradnas.space.genotype import Genotype
-from gradnas.space.ops import OPS, FactorizedReduce, Identity, ReLUConvBN
+from gradnas.space.ops import OPS, FactorizedReduce, Identity, ReLUConvBN, check_op_names, op_table_version
 
 STEMS = ("cifar", "imagenet")
 AUX_CHANNELS = (128, 768)  # the auxiliary head's two convs, as in NASNet / DARTS
@@ -112,6 +112,8 @@ class DartsNetwork(nn.Module):
             raise GradnasError(f"network.cells must be >= 3 (two reduction cells and a normal one), got {cells}")
         if channels < 2 or channels % 2:
             raise GradnasError(f"network.channels must be an even number >= 2, got {channels}")
+        # A genotype may name an op that this process never registered (register_op): say so, not KeyError.
+        check_op_names(sorted({op for op, _ in genotype.normal + genotype.reduce}))
         self.genotype = genotype
         self.cells_count = cells
         self.stem_kind = stem
@@ -176,13 +178,19 @@ def count_params_m(model: nn.Module) -> float:
     return sum(p.numel() for p in params) / 1e6
 
 
-@functools.lru_cache(maxsize=1024)
 def darts_params_m(genotype: Genotype, *, cells: int = 20, channels: int = 36, num_classes: int = 10,
                    in_channels: int = 3, stem: str = "cifar") -> float:
     """Parameters (M, auxiliary head excluded) of the evaluation network of ``genotype``; defaults: the
     CIFAR setting (20 cells, 36 channels, 10 classes). Built on the meta device, so no weight is allocated
     (about 0.1-0.25 s of CPU for 20 cells, all Python module construction), and remembered per genotype and
     shape, so a search that derives the same genotype epoch after epoch pays once."""
+    # The op table's version is part of the key: a name re-registered with another factory counts anew.
+    return _darts_params_m(genotype, cells, channels, num_classes, in_channels, stem, op_table_version())
+
+
+@functools.lru_cache(maxsize=1024)
+def _darts_params_m(genotype: Genotype, cells: int, channels: int, num_classes: int, in_channels: int, stem: str,
+                    table_version: int) -> float:
     with torch.device("meta"):
         net = DartsNetwork(genotype, cells=cells, channels=channels, num_classes=num_classes,
                            in_channels=in_channels, auxiliary=False, stem=stem)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 from gradnas.errors import GradnasError
-from gradnas.space.ops import NB201_OPS, PARAMETER_FREE_OPS
+from gradnas.space.ops import NB201_OPS, OPS, PARAMETER_FREE_OPS, check_op_name
 
 FORMAT = "gradnas.genotype/1"
 
@@ -118,8 +118,10 @@ class Genotype:
                 for op, j in pair:
                     if op not in ops or op == "none":
                         valid = [o for o in ops if o != "none"]
+                        # An op this process has not registered yet is the likely cause for a custom name.
+                        hint = "" if op in OPS else " (a custom op must be registered with register_op first)"
                         raise GradnasError(f"genotype {name} cell, node {node + 2}: op {op!r} is not in the space; "
-                                           f"valid ops: {', '.join(valid)}")
+                                           f"valid ops: {', '.join(valid)}{hint}")
                     if not 0 <= j < node + 2:
                         raise GradnasError(f"genotype {name} cell, node {node + 2}: input {j} is out of range; "
                                            f"node {node + 2} may read nodes 0..{node + 1}")
@@ -269,8 +271,9 @@ def chosen_ops(genotype) -> list:
 
 
 def non_learnable_share(genotype) -> float:
-    """The share of parameter-free ops (none, pooling, skip_connect) among the genotype's chosen ops: the
-    single-level paper's collapse indicator (section 4.1.4: decrease the weight lr above ~0.3)."""
+    """The share of parameter-free ops (PARAMETER_FREE_OPS: none, pooling, skip_connect and ops registered
+    with parameter_free=True) among the genotype's chosen ops: the single-level paper's collapse indicator
+    (section 4.1.4: decrease the weight lr above ~0.3)."""
     ops = chosen_ops(genotype)
     return sum(op in PARAMETER_FREE_OPS for op in ops) / len(ops)
 
@@ -317,7 +320,8 @@ def load_genotype(source: str | os.PathLike):
 # ---- helpers -----------------------------------------------------------------------------------
 
 def _canonical_cell(cell) -> Cell:
-    edges = [(str(op), int(j)) for op, j in cell]
+    # Every op name must survive the string form (no | ~ + ; =), whichever way the cell was made.
+    edges = [(check_op_name(str(op)), int(j)) for op, j in cell]
     if len(edges) % 2:
         raise GradnasError(f"a cell needs two edges per node, got {len(edges)} edges")
     out = []

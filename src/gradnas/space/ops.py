@@ -11,10 +11,17 @@ Two things here are about speed on CPU, not about the math (see ../shared/notes/
   every such op on every edge leaving that node, instead of one ReLU (and one stored copy) per op.
 * A dilation-2 depthwise convolution is computed as an undilated one on the polyphase sub-grids of its
   input, which gives the same numbers and is several times faster on CPU backward passes.
+
+The table is open: :func:`register_op` adds an op (``unregister_op`` / the ``registered_op`` context
+manager remove it again). ``OPS``, ``PARAMETER_FREE_OPS`` and ``CONV_OPS`` are live read-only views, so
+every reader sees the ops registered so far.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
+from types import MappingProxyType
 
 import torch
 import torch.nn as nn
@@ -36,11 +43,7 @@ DARTS_OPS = (
 )
 # NAS-Bench-201's five ops, in the benchmark's order (Dong & Yang 2020; single-level paper 4.1.1).
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-# Ops without learnable weights: the single-level paper's "non-learnable" operations. At stride 1 their
-# output depends only on the input, so a supernet may compute them once per source node.
-PARAMETER_FREE_OPS = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"})
-CONV_OPS = frozenset({"sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "nor_conv_1x1",
-                      "nor_conv_3x3"})
+# PARAMETER_FREE_OPS and CONV_OPS (live views of the op table) are defined with OPS, at the end.
 
 
 def polyphase_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
@@ -295,8 +298,8 @@ class Zero(nn.Module):
 
 # Op name -> constructor(C, stride, affine). Ops that begin with a ReLU declare it (`STARTS_WITH_RELU`)
 # so a caller may hand them an already activated input; ops ending in an affine-free BN take the
-# relaxed weight as `scale` (`SCALES_IN_BN`).
-OPS = {
+# relaxed weight as `scale` (`SCALES_IN_BN`). `OPS` is a read-only live view: add ops with register_op.
+_OPS = {
     "none": lambda c, stride, affine: Zero(stride),
     "max_pool_3x3": lambda c, stride, affine: Pool("max", stride),
     "avg_pool_3x3": lambda c, stride, affine: Pool("avg", stride),
@@ -308,12 +311,170 @@ OPS = {
     "nor_conv_1x1": lambda c, stride, affine: ReLUConvBN(c, c, 1, stride, 0, affine),
     "nor_conv_3x3": lambda c, stride, affine: ReLUConvBN(c, c, 3, stride, 1, affine),
 }
+OPS = MappingProxyType(_OPS)
 STARTS_WITH_RELU = (SepConv, DilConv, FactorizedReduce, ReLUConvBN)
 SCALES_IN_BN = (SepConv, DilConv, ReLUConvBN)
+BUILTIN_OPS = frozenset(_OPS)
+_PARAMETER_FREE = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
+_CONV = {"sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "nor_conv_1x1", "nor_conv_3x3"}
+# Bumped by every change of the table, so caches keyed by op names (e.g. darts_params_m) can tell that a
+# name now builds something else.
+_VERSION = [0]
 
 
-def check_op_names(names, *, known=tuple(OPS)) -> None:
-    """Raise a GradnasError naming any op not in the table, and the valid ones."""
+class _LiveOpSet(AbstractSet):
+    """A read-only set that always shows the current members of one of the table's flag sets.
+
+    Modules import PARAMETER_FREE_OPS / CONV_OPS by name at import time; a view (rather than a frozenset
+    rebuilt on registration) means every such reader sees ops registered later."""
+
+    def __init__(self, members: set, what: str):
+        self._members, self._what = members, what
+
+    def __contains__(self, name) -> bool:
+        return name in self._members
+
+    def __iter__(self):
+        return iter(sorted(self._members))
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __repr__(self) -> str:
+        return f"<{self._what}: {', '.join(self)}>"
+
+    @classmethod
+    def _from_iterable(cls, it):
+        # Set algebra (a | b, a - b) gives a plain frozenset snapshot, not another view.
+        return frozenset(it)
+
+
+# Ops without learnable weights: the single-level paper's "non-learnable" operations (its collapse watch).
+# At stride 1 their output depends only on the input.
+PARAMETER_FREE_OPS = _LiveOpSet(_PARAMETER_FREE, "parameter-free ops")
+# Ops that count as a convolution in MiLeNAS's model sizes (gradnas.search.sizes.conv_counts).
+CONV_OPS = _LiveOpSet(_CONV, "conv ops")
+
+# What a genotype string can hold: it separates edges, inputs and cells with | ~ + ; =.
+OP_NAME = re.compile(r"[A-Za-z0-9_]+")
+_MODULE_DICT_ATTRS = frozenset(dir(nn.ModuleDict()))  # a supernet keys its per-edge ModuleDict by op name
+_PROBE = (2, 8, 8, 8)  # N x C x H x W of the probe input register_op runs each new op on
+
+
+def op_table_version() -> int:
+    """A number that changes whenever an op is registered, replaced or unregistered."""
+    return _VERSION[0]
+
+
+def check_op_name(name) -> str:
+    """``name`` if it can be an op name (letters, digits, '_': it must survive a genotype string)."""
+    if not isinstance(name, str) or not OP_NAME.fullmatch(name):
+        raise GradnasError(f"op name {name!r} is not valid; use letters, digits and '_' only (genotype strings "
+                           "separate ops with | ~ + ; =)")
+    return name
+
+
+def _probe_op(name: str, factory, parameter_free: bool) -> None:
+    """Build ``factory`` at stride 1 and 2 and run it once on a small input, so a wrong factory fails here,
+    with its name, instead of deep inside a supernet. The global RNG is left as it was."""
+    n, c, h, w = _PROBE
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        for stride in (1, 2):
+            call = f"register_op({name!r}): factory({c}, {stride}, affine=False)"
+            try:
+                module = factory(c, stride, False)
+            except Exception as exc:  # noqa: BLE001 - re-raised as the one clear error
+                raise GradnasError(f"{call} raised {type(exc).__name__}: {exc}; a factory takes (C, stride, "
+                                   "affine) and returns an nn.Module") from exc
+            if not isinstance(module, nn.Module):
+                raise GradnasError(f"{call} returned {type(module).__name__}, not an nn.Module; return a module "
+                                   "whose forward(x) maps N x C x H x W to N x C x H/stride x W/stride")
+            try:
+                out = module(torch.randn(n, c, h, w))
+            except Exception as exc:  # noqa: BLE001
+                raise GradnasError(f"{call}: its forward on a {n}x{c}x{h}x{w} input raised {type(exc).__name__}: "
+                                   f"{exc}") from exc
+            want = (n, c, -(-h // stride), -(-w // stride))
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise GradnasError(f"{call}: forward maps a {n}x{c}x{h}x{w} input to {got}, expected "
+                                   f"{'x'.join(map(str, want))}; keep the channels and divide the side by stride")
+            learnable = sum(p.numel() for p in module.parameters())
+            if parameter_free and stride == 1 and learnable:
+                raise GradnasError(f"{call} has {learnable} learnable parameters, so it is not parameter-free; "
+                                   "drop parameter_free=True")
+
+
+def register_op(name: str, factory=None, *, parameter_free: bool = False, conv: bool = False,
+                replace: bool = False):
+    """Add op ``name`` to the op table: ``factory(C, stride, affine) -> nn.Module`` whose forward(x) maps
+    N x C x H x W to N x C x ceil(H/stride) x ceil(W/stride) (search networks pass affine=False, evaluation
+    networks affine=True).
+
+    ``parameter_free``: the op has no learnable weights (at stride 1); it then counts in the non-learnable
+    share / collapse watch (PARAMETER_FREE_OPS). ``conv``: it counts as a convolution in MiLeNAS model sizes
+    (CONV_OPS). ``replace``: allow a new factory for a name registered earlier with register_op; the
+    built-in ops are never replaced (the supernets special-case some by name). The factory is built and run
+    once on a small CPU input as a check, without touching the global RNG.
+
+    The op is then usable wherever a built-in one is: ``supernet.ops``, genotypes, evaluation networks and
+    derivation (NAS-Bench-201's op list is the benchmark's and stays fixed). Returns ``factory``; called
+    without one it returns a decorator: ``@register_op("my_op", conv=True)`` over the factory.
+    """
+    if factory is None:
+        return lambda f: register_op(name, f, parameter_free=parameter_free, conv=conv, replace=replace)
+    check_op_name(name)
+    if name in _MODULE_DICT_ATTRS:
+        raise GradnasError(f"op name {name!r} is an attribute of torch's ModuleDict, which holds a supernet's "
+                           "ops by name; choose another name")
+    if name in BUILTIN_OPS:
+        raise GradnasError(f"op {name!r} is a built-in op and cannot be replaced; register yours under another "
+                           "name")
+    if name in _OPS and not replace:
+        raise GradnasError(f"op {name!r} is already registered; pass replace=True to replace it, or "
+                           "unregister_op it first")
+    if not callable(factory):
+        raise GradnasError(f"register_op({name!r}): the factory must be callable (C, stride, affine) -> "
+                           f"nn.Module, got {type(factory).__name__}")
+    if parameter_free and conv:
+        raise GradnasError(f"register_op({name!r}): a convolution has learnable weights; pass parameter_free=True "
+                           "or conv=True, not both")
+    _probe_op(name, factory, parameter_free)
+    _OPS[name] = factory
+    for flag, members in ((parameter_free, _PARAMETER_FREE), (conv, _CONV)):
+        (members.add if flag else members.discard)(name)
+    _VERSION[0] += 1
+    return factory
+
+
+def unregister_op(name: str) -> None:
+    """Remove an op added with :func:`register_op` (built-in ops stay); a GradnasError if it is not one."""
+    if name in BUILTIN_OPS:
+        raise GradnasError(f"op {name!r} is a built-in op and cannot be unregistered")
+    if name not in _OPS:
+        raise GradnasError(f"op {name!r} is not registered; registered ops: "
+                           f"{', '.join(n for n in _OPS if n not in BUILTIN_OPS) or 'none'}")
+    del _OPS[name]
+    _PARAMETER_FREE.discard(name)
+    _CONV.discard(name)
+    _VERSION[0] += 1
+
+
+@contextmanager
+def registered_op(name: str, factory, *, parameter_free: bool = False, conv: bool = False):
+    """``register_op`` for the duration of a ``with`` block (tests, experiments), unregistered afterwards."""
+    register_op(name, factory, parameter_free=parameter_free, conv=conv)
+    try:
+        yield factory
+    finally:
+        unregister_op(name)
+
+
+def check_op_names(names, *, known=None) -> None:
+    """Raise a GradnasError naming any op not in ``known`` (default: the op table as it is now)."""
+    known = tuple(_OPS) if known is None else tuple(known)
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise GradnasError(f"unknown operation(s) {unknown}; valid operations: {', '.join(known)}")
+        raise GradnasError(f"unknown operation(s) {unknown}; valid operations: {', '.join(known)} (add your own "
+                           "with gradnas.space.ops.register_op)")
+

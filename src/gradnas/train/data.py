@@ -55,7 +55,8 @@ def make_train_data(cfg: TrainDataConfig, *, batch_size: int, seed: int, device:
     data = load_dataset(cfg.dataset, cfg.data_dir)
     if len(data.test_y) == 0:
         raise GradnasError(f"{cfg.dataset}: the data has no test split; training reports test accuracy, so give "
-                           "an ImageFolder with a test/ (or val/) folder next to train/")
+                           "an ImageFolder with a test/ (or val/) folder next to train/ (a registered dataset: "
+                           "register_dataset(..., test=...))")
     mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else (data.mean, data.std)
     if len(mean) != data.channels:
         raise GradnasError(f"data.mean has {len(mean)} values but the images have {data.channels} channels")
