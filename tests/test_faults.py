@@ -324,7 +324,7 @@ def test_training_sigkill_at_random_moments_then_resume_is_exact(tmp_path, folde
 
 def test_a_metrics_line_torn_by_a_crash_is_dropped_on_resume(tmp_path):
     cfg = search_config(epochs=2)
-    Search(cfg, tmp_path, progress=False).run(stop_after_epoch=1)
+    Search(cfg, tmp_path, progress=False).run(stop_after=1)
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 2, "lr": 0.02, "train_lo')  # the crash came in the middle of epoch 2's line
     resumed = Search(cfg, tmp_path, resume=True, progress=False)

@@ -216,10 +216,10 @@ def test_search_runs_and_resumes_exactly(tmp_path, space, stops):
     assert isinstance(full, PVLLSearch) and len(full.plan) == 4 + 4 + 3
     summary = full.run()
     # stopped in the warm-up (round 6: the batch stream restarts mid-epoch) and in the search (round 9), resumed
-    PVLLSearch(cfg, tmp_path / "resumed", progress=False).run(stop_after_round=stops[0])
+    PVLLSearch(cfg, tmp_path / "resumed", progress=False).run(stop_after=stops[0])
     for stop in stops[1:]:
         assert PVLLSearch(cfg, tmp_path / "resumed", resume=True, progress=False).run(
-            stop_after_round=stop)["finished"] is False
+            stop_after=stop)["finished"] is False
     resumed = PVLLSearch(cfg, tmp_path / "resumed", resume=True, progress=False)
     assert resumed.round == 9
     assert resumed.run() == {**summary, "run_dir": str(tmp_path / "resumed")}

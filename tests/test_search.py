@@ -43,7 +43,7 @@ def test_resume_continues_exactly(tmp_path, method, order):
     full = Search(cfg, tmp_path / "full", progress=False)
     full.run()
     stopped = Search(cfg, tmp_path / "resumed", progress=False)
-    assert stopped.run(stop_after_epoch=1)["finished"] is False
+    assert stopped.run(stop_after=1)["finished"] is False
     resumed = Search(cfg, tmp_path / "resumed", resume=True, progress=False)
     assert resumed.epoch == 1
     summary = resumed.run()
@@ -61,7 +61,7 @@ def test_gdas_nb201_search_resumes_exactly_and_records_the_benchmark(tmp_path):
                       gumbel={"tau_max": 4.0, "tau_min": 0.5})
     full = Search(cfg, tmp_path / "full", progress=False)
     summary = full.run()
-    Search(cfg, tmp_path / "resumed", progress=False).run(stop_after_epoch=1)
+    Search(cfg, tmp_path / "resumed", progress=False).run(stop_after=1)
     resumed = Search(cfg, tmp_path / "resumed", resume=True, progress=False)
     assert resumed.run() == {**summary, "run_dir": str(tmp_path / "resumed")}
     a, b = full.model.state_dict(), resumed.model.state_dict()

@@ -108,7 +108,7 @@ def test_schedule_switches_at_its_epoch_keeps_state_and_resumes_exactly(tmp_path
     saved = SearchConfig.from_dict(yaml.safe_load((tmp_path / "full" / "config.yaml").read_text()))
     assert (saved.switch_at, saved.then, saved.alpha_data, saved.collapse.lr_decay) == (1, "milenas", "same-batch", True)
 
-    build(tmp_path / "resumed").run(stop_after_epoch=1)
+    build(tmp_path / "resumed").run(stop_after=1)
     resumed = build(tmp_path / "resumed", resume=True)
     assert (resumed.epoch, resumed.lr_scale, resumed.lr_decays) == (1, 0.5, 1)
     resumed.run()
@@ -198,6 +198,6 @@ def test_imagenet_search_config_runs_one_step(tmp_path):
     d["data"].update(data_dir=str(tmp_path / "data"), subset=8, eval_batches=1)  # 4 weight images: one step
     search = Search(SearchConfig.from_dict(d), tmp_path / "run", progress=False)
     assert len(search.batches) == 1 and search.batches.x.shape[-2:] == (224, 224)
-    search.run(stop_after_epoch=1)
+    search.run(stop_after=1)
     (line,) = _metrics(tmp_path / "run")
     assert line["method"] == "single-level" and math.isfinite(line["train_loss"]) and "arch_batch_loss" not in line

@@ -82,7 +82,7 @@ def test_resume_continues_exactly(tmp_path, folder, jpeg_folder, streamed):
     full = Training(cfg, GENO, tmp_path / "full", progress=False)
     full.run()
     stopped = Training(cfg, GENO, tmp_path / "resumed", progress=False)
-    assert stopped.run(stop_after_epoch=1)["finished"] is False
+    assert stopped.run(stop_after=1)["finished"] is False
     resumed = Training(cfg, GENO, tmp_path / "resumed", resume=True, progress=False)
     assert resumed.epoch == 1
     summary = resumed.run()

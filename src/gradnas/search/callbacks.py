@@ -131,8 +131,8 @@ class BenchmarkLookup(Callback):
     """The space's tabular benchmark (NAS-Bench-201: test accuracy on cifar10, cifar100, imagenet16-120) for the
     derived cell of every unit and of the summary, under the benchmark's key."""
 
-    def __init__(self, key: str, lookup):
-        self.key, self.lookup = key, lookup
+    def __init__(self, metrics_key: str, lookup):
+        self.metrics_key, self.lookup = metrics_key, lookup
 
     @classmethod
     def for_space(cls, space: str) -> list:
@@ -141,10 +141,10 @@ class BenchmarkLookup(Callback):
         return [cls(*bench)] if bench else []
 
     def on_epoch_end(self, run, record):
-        record[self.key] = self.lookup(run.job.last_genotype)
+        record[self.metrics_key] = self.lookup(run.job.last_genotype)
 
     def on_end(self, run, summary):
-        summary[self.key] = self.lookup(run.job.genotype())
+        summary[self.metrics_key] = self.lookup(run.job.genotype())
 
 
 class ProbeRunner(Callback):
