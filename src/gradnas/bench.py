@@ -66,12 +66,14 @@ def _bench_one(spec: dict) -> dict:
 
 
 def space_config(space: str, *, cells: int | None, channels: int):
-    """The space's config with `cells` (darts: cells; nb201: cells per stage; None: the default) and `channels`."""
-    if space == "nb201":
-        kw = {"cells_per_stage": cells} if cells is not None else {}
-    else:
-        kw = {"cells": cells} if cells is not None else {}
-    return get_space(space).config(channels=channels, **kw)
+    """The space's config with `cells` (darts: cells; nb201: cells per stage; None: the default) and `channels`,
+    set through the fields its plug-in maps the generic shape flags to (``shape_keys``)."""
+    spec = get_space(space)
+    shape = {"cells": cells, "channels": channels}
+    for flag, value in shape.items():
+        if value is not None and flag not in spec.shape_keys:
+            raise GradnasError(f"bench: space {space!r} has no {flag} setting; leave --{flag} out")
+    return spec.config_class(**{spec.shape_keys[flag]: value for flag, value in shape.items() if value is not None})
 
 
 def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, device: str = "cpu",
@@ -79,7 +81,8 @@ def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, devi
               space: str = "darts", relax: str = "softmax", progress=print) -> dict:
     space_cfg = space_config(space, cells=cells, channels=channels)  # bad names and sizes fail here, not in a child
     make_relaxation(relax)
-    cells = space_cfg.cells_per_stage if space == "nb201" else space_cfg.cells
+    keys = get_space(space).shape_keys
+    cells = getattr(space_cfg, keys["cells"]) if "cells" in keys else None  # the default, when not given
     for m in methods:
         per_batch = sorted(n for n, c in METHODS.items() if issubclass(c, ArchOptimizer))
         if m != BASELINE and m.split(":")[0] not in per_batch:

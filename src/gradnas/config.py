@@ -304,27 +304,12 @@ class SearchConfig:
         self._check_stop_size()
 
     def _check_stop_size(self) -> None:
-        """stop.at_size against the searched space: a size its cells can have (else the rule could never
-        fire); NB-201 (one cell, no searched reduction cell) takes N or [N, 0] and stores [N, 0]."""
-        size = self.stop.at_size
-        if size is None or self.space not in ("darts", "nb201"):
+        """stop.at_size against the searched space (its plug-in's ``check_stop_size``): a size its cells can have
+        (else the rule could never fire), stored in the space's normal form (NB-201: N or [N, 0] -> [N, 0])."""
+        if self.stop.at_size is None:
             return
-        if self.space == "nb201":
-            if len(size) == 2 and size[1] != 0:
-                raise GradnasError(f"config: stop.at_size {list(size)}: an NB-201 cell has no searched reduction "
-                                   "cell; give N alone or N,0")
-            if size[0] > 6:
-                raise GradnasError(f"config: stop.at_size {size[0]}: an NB-201 cell has 6 edges, so at most 6 convs")
-            object.__setattr__(self, "stop", dataclasses.replace(self.stop, at_size=(size[0], 0)))
-            return
-        if len(size) != 2:
-            raise GradnasError(f"config: stop.at_size {list(size)}: give N,R, the conv ops in the normal and in the "
-                               "reduction cell (e.g. 6,0)")
-        from gradnas.space.ops import CONV_OPS
-        most = 2 * self.supernet.nodes if any(op in CONV_OPS for op in self.supernet.ops) else 0
-        if max(size) > most:
-            raise GradnasError(f"config: stop.at_size {size[0]},{size[1]}: a cell of this space has at most {most} "
-                               f"conv ops ({self.supernet.nodes} nodes x 2 edges), so the rule could never fire")
+        size = tuple(get_space(self.space).check_stop_size(self.stop.at_size, self.space_config))
+        object.__setattr__(self, "stop", dataclasses.replace(self.stop, at_size=size))
 
     @property
     def methods(self) -> tuple:

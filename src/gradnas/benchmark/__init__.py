@@ -1,15 +1,14 @@
-"""Tabular benchmarks: the known accuracy of a cell, looked up instead of trained. One per space that has one."""
+"""Tabular benchmarks: the known accuracy of a cell, looked up instead of trained. A space that has one
+names it as its plug-in's ``benchmark`` (gradnas.space.base.Benchmark: key, lookup)."""
 from __future__ import annotations
 
-from gradnas.benchmark import nb201
-
-# space -> (metrics key, lookup(genotype) -> {dataset: test accuracy %})
-BENCHMARKS = {"nb201": ("nb201", nb201.lookup)}
+from gradnas.space.base import get_space
 
 
 def benchmark_for(space: str):
-    """(metrics key, lookup) of the space's benchmark, or None if it has none."""
-    return BENCHMARKS.get(space)
+    """The space's Benchmark, a (metrics key, lookup(genotype) -> {dataset: test accuracy %}) tuple, or None
+    if it has none; an unknown space is a GradnasError."""
+    return get_space(space).benchmark
 
 
 def format_benchmark(figures: dict) -> str:

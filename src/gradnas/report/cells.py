@@ -1,37 +1,27 @@
 """Cell diagrams with Graphviz, in the style of the MiLeNAS supplementary Figure 1 (and DARTS Figs. 4-5).
 
-DARTS: inputs c_{k-2} and c_{k-1} on the left, the intermediate nodes numbered as in the genotype string,
-one arrow per kept edge labelled with its op, and every intermediate node feeding the output c_{k}.
-NAS-Bench-201: nodes 0 (input) .. 3 (output), one arrow per edge labelled with its op.
-Parameter-free ops are dashed (the single-level paper's "non-learnable" operations).
+The builtin spaces draw them so. DARTS: inputs c_{k-2} and c_{k-1} on the left, the intermediate nodes
+numbered as in the genotype string, one arrow per kept edge labelled with its op, and every intermediate
+node feeding the output c_{k}. NAS-Bench-201: nodes 0 (input) .. 3 (output), one arrow per edge labelled
+with its op. Parameter-free ops are dashed (the single-level paper's "non-learnable" operations).
 
-A search space plugs its genotype type in with one registration, ``register_drawer(space)``: a function
-from a genotype to named ``graphviz.Digraph`` objects, keyed by the genotype's ``space``. Reading
-genotypes is gradnas.space.genotype's (every space's strings and JSON).
+Each space draws its own cells (its plug-in's ``draw``, gradnas.space.base), with the helpers
+:func:`digraph` and :func:`op_edge` here so every diagram looks alike. Reading genotypes is
+gradnas.space.genotype's (every registered space's strings and JSON).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
 
+import gradnas.space.ops as op_table  # read at call time: the op table can be extended after import
 from gradnas.errors import GradnasError
-from gradnas.space.genotype import Genotype, NB201Genotype, load_genotype
-from gradnas.space.ops import PARAMETER_FREE_OPS
+from gradnas.space.base import space_of
+from gradnas.space.genotype import load_genotype
 
 DOT_MISSING = ("the Graphviz program `dot` is needed to draw cells and was not found on PATH; install Graphviz "
                "(Debian/Ubuntu: `sudo apt-get install graphviz`; Fedora: `sudo dnf install graphviz`; macOS: "
                "`brew install graphviz`; conda: `conda install -c conda-forge graphviz`) and run again")
-
-# space -> genotype -> {diagram name: graphviz.Digraph}
-DRAWERS: dict[str, Callable] = {}
-
-
-def register_drawer(space: str):
-    def wrap(fn):
-        DRAWERS[space] = fn
-        return fn
-    return wrap
 
 
 def read_genotype(source):
@@ -51,20 +41,12 @@ def read_genotype(source):
 
 
 def cell_graphs(genotype) -> dict:
-    """{name: graphviz.Digraph} for every cell of the genotype, by its space's drawer."""
-    space = getattr(genotype, "space", None)
-    if space not in DRAWERS:
-        raise GradnasError(f"no cell drawer for space {space!r}; spaces with one: {', '.join(sorted(DRAWERS))}")
-    return DRAWERS[space](genotype)
+    """{name: graphviz.Digraph} for every cell of the genotype, drawn by its space."""
+    return space_of(genotype).draw(genotype)
 
 
-@register_drawer("darts")
-def darts_cells(genotype: Genotype) -> dict:
-    return {"normal": _darts_cell(genotype.normal, genotype.normal_concat, "normal cell"),
-            "reduce": _darts_cell(genotype.reduce, genotype.reduce_concat, "reduction cell")}
-
-
-def _digraph(title: str):
+def digraph(title: str):
+    """An empty left-to-right diagram titled ``title`` in the house style, for a space's ``draw``."""
     import graphviz
     g = graphviz.Digraph(name=title, format="png")
     g.attr(rankdir="LR", label=title, labelloc="b", fontname="Helvetica", fontsize="18", dpi="110")
@@ -74,45 +56,11 @@ def _digraph(title: str):
     return g
 
 
-def _op_edge(g, source: str, target: str, op: str) -> None:
-    free = op in PARAMETER_FREE_OPS
+def op_edge(g, source: str, target: str, op: str) -> None:
+    """An arrow labelled with its op; parameter-free ops are dashed and grey."""
+    free = op in op_table.PARAMETER_FREE_OPS
     g.edge(source, target, label=op, color="gray40" if free else "black", fontcolor="gray30" if free else "black",
            style="dashed" if free else "solid")
-
-
-def _darts_cell(cell, concat, title: str):
-    g = _digraph(title)
-    names = {0: "c_{k-2}", 1: "c_{k-1}"}
-    for j in (0, 1):
-        g.node(names[j], label=f"<c<sub>{names[j][3:-1]}</sub>>", fillcolor="darkseagreen2")
-    steps = len(cell) // 2
-    for i in range(steps):
-        names[i + 2] = str(i + 2)
-        g.node(names[i + 2], fillcolor="lightblue")
-    for i in range(steps):
-        for op, j in cell[2 * i: 2 * i + 2]:
-            _op_edge(g, names[j], names[i + 2], op)
-    g.node("c_{k}", label="<c<sub>k</sub>>", fillcolor="palegoldenrod")
-    for i in concat:
-        g.edge(names[i], "c_{k}", color="gray60")
-    return g
-
-
-@register_drawer("nb201")
-def nb201_cell(genotype: NB201Genotype) -> dict:
-    """The one NAS-Bench-201 cell; `none` edges (the benchmark's zeroed edges) are left out, as they carry
-    nothing, and listed in the title so the cell stays readable and complete."""
-    zeroed = [f"{i}<-{j}" for (i, j), op in genotype.edges() if op == "none"]
-    g = _digraph("cell" + (f" (none: {', '.join(zeroed)})" if zeroed else ""))
-    last = len(genotype.nodes)
-    for i in range(last + 1):  # numbered as in the string (op~i reads node i)
-        label = f"{i}: input" if i == 0 else f"{i}: output" if i == last else str(i)
-        g.node(str(i), label=label,
-               fillcolor="darkseagreen2" if i == 0 else "palegoldenrod" if i == last else "lightblue")
-    for (i, j), op in genotype.edges():
-        if op != "none":
-            _op_edge(g, str(j), str(i), op)
-    return {"nb201": g}
 
 
 def render(graph, path: Path) -> Path:

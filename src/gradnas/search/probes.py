@@ -47,8 +47,7 @@ import torch.nn.functional as F
 from gradnas.config import ProbeConfig, parse_edge_spec  # noqa: F401  (re-exported: the probes section)
 from gradnas.errors import GradnasError
 from gradnas.relax import Relaxation
-from gradnas.space.darts import DartsSupernet, edge_list
-from gradnas.space.nb201 import NB201SearchCell, NB201Supernet, nb201_edges
+from gradnas.space.base import space_of_model
 
 def alpha_objective(method) -> tuple[float, float]:
     """(c_w, c_a): alpha descends c_w L(weight batch) + c_a L(architecture batch) under this method.
@@ -104,19 +103,14 @@ class SearchedCells:
     the (target, source) edges in alpha-row order. A cell reports each node through ``on_node``."""
 
     def __init__(self, model):
-        if isinstance(model, DartsSupernet):
-            self.cells = list(model.cells)
-            self.kinds = ["reduce" if c.reduction else "normal" for c in self.cells]
-            self.weight_arg = 2                    # cell(s0, s1, weights, active)
-            self.edges = edge_list(model.cfg.nodes)
-        elif isinstance(model, NB201Supernet):
-            self.cells = [m for m in model.layers if isinstance(m, NB201SearchCell)]
-            self.kinds = ["cell"] * len(self.cells)
-            self.weight_arg = 1                    # cell(x, weights, active)
-            self.edges = nb201_edges()
-        else:
-            raise GradnasError(f"probes grad_corr and dl_dp support the darts and nb201 spaces, not "
-                               f"{type(model).__name__}; the gap probe works in every space")
+        try:
+            space = space_of_model(model)
+        except GradnasError:
+            raise GradnasError(f"probes grad_corr and dl_dp need the supernet of a registered space, not "
+                               f"{type(model).__name__}; the gap probe works in every space") from None
+        layout = space.searched_cells(model)  # see gradnas.space.base.SupernetCells
+        self.cells, self.kinds, self.edges = layout.cells, layout.kinds, layout.edges
+        self.weight_arg = layout.weight_arg
         if type(model.relaxation).forward_weights is not Relaxation.forward_weights:
             # A sampling relaxation (gumbel) computes only the sampled ops: dL/dp of the others, and the node
             # gradients of the full mixture, are not what its search sees.

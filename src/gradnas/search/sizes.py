@@ -27,49 +27,33 @@ A rule set when a search is resumed applies to the epochs that follow.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
 
-import torch
-
 from gradnas.config import STOP_RULES, StopConfig  # noqa: F401  (re-exported: the stop section)
 from gradnas.errors import GradnasError
-from gradnas.space.darts_network import count_params_m, darts_params_m
-from gradnas.space.genotype import NB201Genotype, genotype_from_dict, load_genotype, save_genotype
-from gradnas.space.nb201 import build_nb201_network
-from gradnas.space.ops import CONV_OPS
+from gradnas.space.base import space_of
+from gradnas.space.genotype import genotype_from_dict, load_genotype, save_genotype
 
 SIZES_DIR = "sizes"
 INDEX_FILE = "index.json"
 
 
 def conv_counts(genotype) -> tuple:
-    """(convolutions in the normal cell, in the reduction cell), counted from the chosen ops' names.
-
-    DARTS: the cells' kept edges (2 per node); NB-201: the cell's 6 edges, and 0 for the reduction cell."""
-    if isinstance(genotype, NB201Genotype):
-        return sum(op in CONV_OPS for _, op in genotype.edges()), 0
-    return (sum(op in CONV_OPS for op, _ in genotype.normal), sum(op in CONV_OPS for op, _ in genotype.reduce))
-
-
-@functools.lru_cache(maxsize=1024)
-def _nb201_params_m(genotype: NB201Genotype) -> float:
-    with torch.device("meta"):  # shapes only, no weight is allocated
-        net = build_nb201_network(genotype, C=16, N=5, in_channels=3, num_classes=10)
-    return count_params_m(net)
+    """(convolutions in the normal cell, in the reduction cell), counted from the chosen ops' names by the
+    genotype's space. DARTS: the cells' kept edges (2 per node); NB-201: the cell's 6 edges, and 0 for the
+    reduction cell."""
+    return tuple(space_of(genotype).conv_counts(genotype))
 
 
 def eval_params_m(genotype) -> float:
     """Parameters (M) of the evaluation network of ``genotype`` in the CIFAR-10 setting, whatever data the
     search ran on, so the figure is the papers' "Params (M)": DARTS 20 cells, 36 channels, 3 input
     channels, 10 classes, auxiliary head excluded (DARTS_V2: 3.35); NB-201 the benchmark's network, N = 5
-    cells per stage, C = 16, 10 classes (1.53 for the all-3x3 cell). Built on the meta device and
-    remembered per genotype."""
-    if isinstance(genotype, NB201Genotype):
-        return _nb201_params_m(genotype)
-    return darts_params_m(genotype)
+    cells per stage, C = 16, 10 classes (1.53 for the all-3x3 cell). Built by the genotype's space on the
+    meta device and remembered per genotype."""
+    return space_of(genotype).eval_params_m(genotype)
 
 
 def size_file(normal: int, reduce: int) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 from gradnas.errors import GradnasError
+from gradnas.space.base import SPACES, space_of
 from gradnas.space.ops import NB201_OPS, OPS, PARAMETER_FREE_OPS, check_op_name
 
 FORMAT = "gradnas.genotype/1"
@@ -258,36 +259,31 @@ class NB201Genotype:
         return cls.from_string(d["string"])
 
 
-# JSON readers by the `space` field of a genotype file.
-GENOTYPES = {"darts": Genotype, "nb201": NB201Genotype}
-
-
 def chosen_ops(genotype) -> list:
-    """Every op the discrete cell(s) use, one per kept edge: DARTS both cells (2 x 2 per node),
-    NB-201 the 6 edges."""
-    if isinstance(genotype, NB201Genotype):
-        return [op for _, op in genotype.edges()]
-    return [op for op, _ in genotype.normal] + [op for op, _ in genotype.reduce]
+    """Every op the discrete cell(s) use, one per kept edge (DARTS both cells, 2 x 2 per node; NB-201 the
+    6 edges), as the genotype's space lists them."""
+    return space_of(genotype).chosen_ops(genotype)
 
 
 def non_learnable_share(genotype) -> float:
     """The share of parameter-free ops (PARAMETER_FREE_OPS: none, pooling, skip_connect and ops registered
-    with parameter_free=True) among the genotype's chosen ops: the single-level paper's collapse indicator
-    (section 4.1.4: decrease the weight lr above ~0.3)."""
+    with parameter_free=True, a live view) among the genotype's chosen ops: the single-level paper's collapse
+    indicator (section 4.1.4: decrease the weight lr above ~0.3)."""
     ops = chosen_ops(genotype)
     return sum(op in PARAMETER_FREE_OPS for op in ops) / len(ops)
 
 
 def genotype_from_dict(d, *, source: str = "genotype"):
-    """A genotype of any space from its JSON object (``space`` picks the class; absent means darts)."""
+    """A genotype of any registered space from its JSON object (``space`` picks the space's reader; absent
+    means darts)."""
     if not isinstance(d, dict):
         raise GradnasError(f"{source}: expected a JSON object with a genotype, got {type(d).__name__}")
     if d.get("format", FORMAT) != FORMAT:
         raise GradnasError(f"{source}: unknown genotype format {d.get('format')!r}; expected {FORMAT!r}")
     space = d.get("space", "darts")
-    if space not in GENOTYPES:
-        raise GradnasError(f"{source}: genotype of unknown space {space!r}; valid spaces: {', '.join(GENOTYPES)}")
-    return GENOTYPES[space].from_dict(d, source=source)
+    if not isinstance(space, str) or space not in SPACES:
+        raise GradnasError(f"{source}: genotype of unknown space {space!r}; valid spaces: {', '.join(SPACES)}")
+    return SPACES[space].genotype_from_dict(d, source=source)
 
 
 def save_genotype(genotype, path: str | os.PathLike) -> None:
@@ -298,17 +294,17 @@ def save_genotype(genotype, path: str | os.PathLike) -> None:
 
 
 def load_genotype(source: str | os.PathLike):
-    """A genotype of any space from a JSON file or a string (DARTS ``normal=|...|;reduce=|...|``, NB-201
-    ``|op~0|+|...|``). Parsed as data, never evaluated."""
+    """A genotype of any registered space from a JSON file or a string (DARTS ``normal=|...|;reduce=|...|``,
+    NB-201 ``|op~0|+|...|``; each space recognises its own form). Parsed as data, never evaluated."""
     text = str(source)
-    if text.lstrip().startswith("normal="):
-        return Genotype.from_string(text)
-    if text.lstrip().startswith("|"):
-        return NB201Genotype.from_string(text)
+    for space in SPACES.values():
+        genotype = space.parse_genotype(text)
+        if genotype is not None:
+            return genotype
     path = Path(text)
     if not path.is_file():
-        raise GradnasError(f"genotype {text!r} is neither a file nor a genotype string (DARTS "
-                           f"'normal=|...|;reduce=|...|' or NB-201 '{NB201_FORM}')")
+        forms = " or ".join(space.string_form for space in SPACES.values())
+        raise GradnasError(f"genotype {text!r} is neither a file nor a genotype string ({forms})")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
