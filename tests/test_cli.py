@@ -221,3 +221,103 @@ def test_bench_train_writes_json(tmp_path, capsys):
     assert "--space belongs to timing search steps" in capsys.readouterr().err
     assert main(["bench", "--genotype", TRAIN_GENO]) == 2
     assert "--genotype goes with --train" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ --plugin
+
+GENO_2NODES = ("normal=|sep_conv_3x3~0|skip_connect~1|+|sep_conv_5x5~1|dil_conv_3x3~2|;"
+               "reduce=|max_pool_3x3~0|max_pool_3x3~1|+|skip_connect~0|avg_pool_3x3~2|")
+PLUGIN_SOURCE = '''
+from gradnas.relax import Softmax, register_relaxation
+
+
+@register_relaxation
+class Plugged(Softmax):
+    name = "plugged"
+
+
+print("plugin {name} imported")
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path):
+    """make(name): a plugin module NAME.py in tmp_path that registers relaxation 'plugged' and says when it is
+    imported; its module and the relaxation are forgotten afterwards."""
+    from gradnas.relax import RELAXATIONS
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    names = []
+
+    def make(name):
+        names.append(name)
+        path = folder / f"{name}.py"
+        path.write_text(PLUGIN_SOURCE.format(name=name))
+        return path
+
+    yield make
+    for name in names:
+        sys.modules.pop(name, None)
+    RELAXATIONS.pop("plugged", None)
+
+
+def test_plugin_before_the_command_registers_for_it(plugin, monkeypatch, capsys, tmp_path):
+    monkeypatch.syspath_prepend(str(plugin("gradnas_plug_before").parent))
+    assert main(["--plugin", "gradnas_plug_before", "search", "--relax", "tanh", "--out", str(tmp_path / "x")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "plugin gradnas_plug_before imported\n"
+    assert "unknown relaxation 'tanh'; valid: gumbel, plugged, sigmoid, softmax" in captured.err
+
+
+def test_plugin_file_after_the_command_is_usable(plugin, capsys, tmp_path):
+    out = tmp_path / "run"
+    path = plugin("gradnas_plug_after")
+    assert main(["search", *TINY, "--method", "darts", "--relax", "plugged", "--plugin", str(path),
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("plugin gradnas_plug_after imported\n")
+    import yaml
+    assert yaml.safe_load((out / "config.yaml").read_text())["relax"] == "plugged"
+
+
+def test_plugins_from_the_environment_and_both_placements_import_once_each(plugin, monkeypatch, capsys):
+    first, second, third = (plugin(f"gradnas_plug_{n}") for n in ("env", "top", "sub"))
+    monkeypatch.syspath_prepend(str(first.parent))
+    monkeypatch.setenv("GRADNAS_PLUGINS", f"gradnas_plug_env, {second}")
+    assert main(["--plugin", str(second), "--plugin", "gradnas_plug_env", "genotype", GENO_2NODES,
+                 "--set", "supernet.nodes=2", "--plugin", "gradnas_plug_sub"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "plugin gradnas_plug_env imported", "plugin gradnas_plug_top imported", "plugin gradnas_plug_sub imported",
+        GENO_2NODES]
+
+
+@pytest.mark.parametrize("given,reason", [
+    ("gradnas_no_such_plugin", "(ModuleNotFoundError: No module named 'gradnas_no_such_plugin'); check the name"),
+    ("{tmp}/missing.py", "(FileNotFoundError: no file {tmp}/missing.py); check that the file exists"),
+    ("{tmp}/broken.py", "(ZeroDivisionError: division by zero); check that the file exists and imports cleanly"),
+    ("{tmp}/json.py", "(ImportError: a module named 'json' is already imported ("),
+])
+def test_a_plugin_that_cannot_be_imported_is_one_error_line(tmp_path, capsys, given, reason):
+    (tmp_path / "broken.py").write_text("import gradnas\n1 / 0\n")
+    (tmp_path / "json.py").write_text("")
+    given = given.format(tmp=tmp_path)
+    assert main(["--plugin", given, "doctor"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gradnas: error: cannot import plugin {given!r} {reason.format(tmp=tmp_path)}")
+    assert err.count("\n") == 1
+    assert "broken" not in sys.modules  # a failed import leaves nothing half-made behind
+
+
+def test_sweep_passes_its_plugins_on_to_every_search(plugin, tmp_path, monkeypatch):
+    from gradnas.cli.plugins import portable
+    from gradnas.report.sweep import PlannedRun, _command
+    monkeypatch.chdir(tmp_path)
+    assert portable(["mod", "plugins/p.py"]) == ["mod", str(tmp_path / "plugins" / "p.py")]
+    run = PlannedRun(name="darts-s0", config={}, path=tmp_path / "darts-s0")
+    assert _command(run, tmp_path / "plan.yaml", None, ["mod", "/x/p.py"])[3:9] == [
+        "search", "--quiet", "--plugin", "mod", "--plugin", "/x/p.py"]
+    # end to end: the grid's search processes know the plugin's relaxation
+    path = plugin("gradnas_plug_sweep")
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--out", str(out), "--methods", "darts", "--relax", "plugged", *TINY,
+                 "--plugin", str(path.relative_to(tmp_path))]) == 0, (out / "darts-s0" / "search.log").read_text()
+    assert "plugin gradnas_plug_sweep imported" in (out / "darts-s0" / "search.log").read_text()

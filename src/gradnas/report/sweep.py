@@ -107,8 +107,10 @@ def _epochs_done(run: PlannedRun) -> int:
         return 0
 
 
-def _command(run: PlannedRun, plan_file: Path, threads: int | None) -> list:
+def _command(run: PlannedRun, plan_file: Path, threads: int | None, plugins=()) -> list:
     cmd = [sys.executable, "-m", "gradnas", "search", "--quiet"]
+    for plugin in plugins:  # what the sweep's config names (a method, a dataset) may come from a plugin
+        cmd += ["--plugin", plugin]
     if run.state == "resume":
         cmd += ["--resume", str(run.path)]
         if threads is not None:  # where it runs may change on resume (see config.RESUMABLE_KEYS)
@@ -125,8 +127,9 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_sweep(runs: list, out_dir, *, jobs: int = 1, progress: bool = True) -> dict:
-    """Run the planned grid; returns {"done": [...], "failed": [...], "compare": path or None}."""
+def run_sweep(runs: list, out_dir, *, jobs: int = 1, progress: bool = True, plugins=()) -> dict:
+    """Run the planned grid; returns {"done": [...], "failed": [...], "compare": path or None}. Each run
+    imports ``plugins`` first, as `gradnas search --plugin` takes them (module names or .py file paths)."""
     from gradnas.report.compare import compare
 
     out_dir = Path(out_dir)
@@ -161,8 +164,8 @@ def run_sweep(runs: list, out_dir, *, jobs: int = 1, progress: bool = True) -> d
                 log = open(run.path / LOG_FILE, "a")
                 log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {run.state} ===\n")
                 log.flush()
-                proc = subprocess.Popen(_command(run, plan_dir / f"{run.name}.yaml", threads), stdout=log,
-                                        stderr=subprocess.STDOUT, env=_child_env())
+                cmd = _command(run, plan_dir / f"{run.name}.yaml", threads, plugins)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
                 running[run.name] = (run, proc, log, time.time())
                 tqdm.write(f"[{run.state}] {run.name}", file=sys.stderr)
             time.sleep(0.5)
