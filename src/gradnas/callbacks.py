@@ -15,10 +15,63 @@ schedule, the collapse watch and lr rule, model sizes and stop rules, the probes
 lookup) and so is the metrics writer below. User callbacks go to ``Search(cfg, out, callbacks=[...])`` or
 ``Training(cfg, genotype, out, callbacks=[...])``; they run after the built-in ones and before the writer.
 
+A plug-in module can also register a callback by name (:func:`register_callback`); a run then builds it
+when its config lists that name (``callbacks: [name]``, `gradnas search|train --callback NAME`, with
+``--plugin MODULE`` importing the module). The names are saved in config.yaml, so ``--resume`` builds the same
+callbacks again and hands them their checkpointed state.
+
 A "unit" is what the job counts: an epoch (searches and training runs) or a PVLL-NAS round; the hooks
 keep the names of the common case (``on_epoch_start`` / ``on_epoch_end``) and receive the 0-based index.
 """
 from __future__ import annotations
+
+from typing import Callable
+
+from gradnas.errors import GradnasError
+
+# name -> factory(run config) -> Callback (a Callback subclass itself is such a factory)
+CALLBACKS: dict[str, Callable] = {}
+
+
+def register_callback(name: str, factory: Callable | None = None):
+    """Register ``factory`` (a Callback subclass, or any callable taking the run's config and returning a
+    Callback) under ``name``, for configs that list it (``callbacks: [name]``, ``--callback name``). Without a
+    factory it is a class decorator. A name already registered to another factory is refused."""
+    def register(f):
+        if not isinstance(name, str) or not name or not name.replace("-", "_").isidentifier():
+            raise GradnasError(f"register_callback: the name must be a word like 'my_logger', got {name!r}")
+        if not callable(f):
+            raise GradnasError(f"register_callback {name!r}: the factory must be callable, got {f!r}")
+        if name in CALLBACKS and CALLBACKS[name] is not f:
+            raise GradnasError(f"register_callback: a callback named {name!r} is already registered")
+        CALLBACKS[name] = f
+        return f
+    return register if factory is None else register(factory)
+
+
+def unregister_callback(name: str) -> None:
+    CALLBACKS.pop(name, None)
+
+
+def check_callback_names(names) -> None:
+    """Refuse a callback name nobody registered (before a run folder is made)."""
+    for name in names:
+        if name not in CALLBACKS:
+            known = ", ".join(sorted(CALLBACKS)) or "none"
+            raise GradnasError(f"unknown callback {name!r} (registered: {known}); import the module that registers "
+                               "it with --plugin MODULE, or drop it from callbacks")
+
+
+def build_callbacks(names, cfg) -> list:
+    """The callbacks a config names, each built by its registered factory from the config."""
+    check_callback_names(names)
+    out = []
+    for name in names:
+        cb = CALLBACKS[name](cfg)
+        if not isinstance(cb, Callback):
+            raise GradnasError(f"callback {name!r}: its factory returned {type(cb).__name__}, not a Callback")
+        out.append(cb)
+    return out
 
 
 class Callback:

@@ -260,6 +260,7 @@ class SearchConfig:
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     pvll: PVLLConfig = field(default_factory=PVLLConfig)  # read by method pvll only
+    callbacks: tuple = ()                # names of registered callbacks (gradnas.callbacks.register_callback)
     # sections of registered plug-ins (register_section): section name -> that plug-in's frozen config
     sections: dict = field(default_factory=dict)
 
@@ -343,6 +344,7 @@ class SearchConfig:
         del d["sections"]
         d.update({name: _plain(dataclasses.asdict(value)) for name, value in self.sections.items()})
         d["lambda"] = d.pop("lam")
+        d["callbacks"] = list(d["callbacks"])
         d["supernet"]["ops"] = list(d["supernet"]["ops"])
         d["arch_optim"]["betas"] = list(d["arch_optim"]["betas"])
         d["probes"]["dl_dp_edges"] = list(d["probes"]["dl_dp_edges"])

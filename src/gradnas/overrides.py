@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gradnas.config import SearchConfig, apply_override, load_yaml, resume_conflicts, unused_section
+from gradnas.config import SearchConfig, apply_override, load_yaml, resume_conflicts
 from gradnas.errors import GradnasError
 
 DEFAULT_CONFIG = "quick"  # what plain `gradnas search` runs: MiLeNAS-1st on Fashion-MNIST, a proxy supernet
@@ -29,19 +29,17 @@ SEARCH_FLAGS = {
     "collapse_threshold": "collapse.threshold",
     "stop_at_size": "stop.at_size", "stop_when_smaller": "stop.when_smaller",
     "no_warmup": "pvll.warmup", "uniform_sampling": "pvll.uniform_sampling", "unweighted_loss": "pvll.weighted_loss",
+    "callback": "callbacks",
 }
-# cells / channels set the shape of whichever space is searched.
-SPACE_FLAGS = {
-    "darts": {"cells": "supernet.cells", "channels": "supernet.channels"},
-    "nb201": {"cells": "nb201.cells_per_stage", "channels": "nb201.channels"},
-}
+# cells / channels set the shape of whichever space is searched: its plug-in's shape_keys (space_flags).
+SPACE_SHAPE_FLAGS = ("cells", "channels")
 # The PVLL-NAS ablation flags (paper Table 5): refused with any other method.
 PVLL_FLAGS = ("no_warmup", "uniform_sampling", "unweighted_loss")
 # flag -> dotted training setting key.
 TRAIN_FLAGS = {
     "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
     "cells": "network.cells", "channels": "network.channels", "lr": "optim.lr", "seed": "seed", "device": "device",
-    "threads": "threads", "precision": "precision", "channels_last": "channels_last",
+    "threads": "threads", "precision": "precision", "channels_last": "channels_last", "callback": "callbacks",
 }
 # flag -> dotted training setting key, for timing an evaluation network (`gradnas bench --train`).
 BENCH_TRAIN_FLAGS = {"batch": "batch_size", "cells": "network.cells", "channels": "network.channels"}
@@ -53,35 +51,55 @@ def apply_search_overrides(d: dict, flags: Mapping[str, object], sets: Sequence[
     """Apply the search flags given, then each of ``sets``, to a config dict (in place) and return it.
     ``flags`` may hold any of :data:`SEARCH_FLAGS` and ``cells`` / ``channels``, which go to the section
     of the space being searched."""
-    _check_names(flags, {*SEARCH_FLAGS, "cells", "channels"})
+    _check_names(flags, {*SEARCH_FLAGS, *SPACE_SHAPE_FLAGS})
     _assign_flags(d, SEARCH_FLAGS, flags)
-    space = d.get("space", "darts")
-    for assignment in sets:  # a set space=... decides too: the sets are applied last
-        key, _, raw = assignment.partition("=")
-        if key.strip() == "space":
-            space = raw.strip()
-    _assign_flags(d, SPACE_FLAGS.get(space, SPACE_FLAGS["darts"]), flags)
+    _assign_flags(d, space_flags(_searched_space(d, sets)), flags)
     for assignment in sets:
         apply_override(d, assignment)
     return d
 
 
-def search_config(base: dict, flags: Mapping[str, object], sets: Sequence[str]) -> SearchConfig:
+def _searched_space(d: dict, sets: Sequence[str]) -> str:
+    space = d.get("space", "darts")
+    for assignment in sets:  # a set space=... decides too: the sets are applied last
+        key, _, raw = assignment.partition("=")
+        if key.strip() == "space":
+            space = raw.strip()
+    return space
+
+
+def space_flags(space: str) -> dict:
+    """--cells / --channels -> the dotted keys of the searched space's section (its plug-in's ``shape_keys``);
+    an unknown space keeps the DARTS keys here and is refused by name when the config is checked."""
+    from gradnas.space import SPACES
+    plugin = SPACES.get(space) or SPACES["darts"]
+    return {flag: f"{plugin.section}.{field}" for flag, field in plugin.shape_keys.items()}
+
+
+def given_keys(d: dict, flags: Mapping[str, object], sets: Sequence[str]) -> list:
+    """The dotted config keys the user set explicitly: by a flag given, or by a set."""
+    table = {**SEARCH_FLAGS, **space_flags(_searched_space(d, sets))}
+    return ([table[f] for f, value in flags.items() if value is not None and f in table] +
+            [assignment.partition("=")[0].strip() for assignment in sets])
+
+
+def search_config(base: dict, flags: Mapping[str, object], sets: Sequence[str], *,
+                  check: bool = True) -> SearchConfig:
     """The SearchConfig of ``base`` with the flags and sets applied (:func:`apply_search_overrides`; ``base``
     is changed in place). Refuses what the search would otherwise ignore: --epochs with pvll, a PVLL
-    ablation flag with another method, and a set of a key in a section the search does not read (another
-    space's, relaxation's or method's)."""
+    ablation flag with another method, and (``check``) any setting no component of the search reads, given
+    by a flag or a set or differing from its default (``gradnas.search.loop.check_search_config``)."""
+    from gradnas.search.loop import check_search_config
+    given = given_keys(base, flags, sets)
     cfg = SearchConfig.from_dict(apply_search_overrides(base, flags, sets))
     if cfg.method == "pvll" and flags.get("epochs") is not None:
         raise GradnasError("--epochs does not apply to method pvll: its budget is pvll.steps search steps after "
                            "pvll.population warm-up architectures (--set pvll.steps=N)")
-    given = [f for f in PVLL_FLAGS if flags.get(f) is not None]
-    if given and cfg.method != "pvll":
-        raise GradnasError(f"--{_flag(given[0])} is a PVLL-NAS ablation; use it with --method pvll")
-    for assignment in sets:
-        problem = unused_section(cfg, assignment.partition("=")[0].strip())
-        if problem:
-            raise GradnasError(f"--set {assignment}: {problem}; drop it or set that section instead")
+    ablations = [f for f in PVLL_FLAGS if flags.get(f) is not None]
+    if ablations and cfg.method != "pvll":
+        raise GradnasError(f"--{_flag(ablations[0])} is a PVLL-NAS ablation; use it with --method pvll")
+    if check:
+        check_search_config(cfg, given=given)
     return cfg
 
 
@@ -109,7 +127,7 @@ def resumed_search_config(run_dir, saved: SearchConfig, flags: Mapping[str, obje
                           sets: Sequence[str]) -> SearchConfig:
     """``saved`` (:func:`saved_search_config`) with the flags and sets applied; refuses any change but
     where it runs and when it stops (config.RESUMABLE_KEYS)."""
-    cfg = search_config(saved.to_dict(), flags, sets)
+    cfg = search_config(saved.to_dict(), flags, sets, check=False)  # the folder's config was checked when it began
     diff = resume_conflicts(saved.to_dict(), cfg.to_dict())
     if diff:
         key, old, new = diff[0]

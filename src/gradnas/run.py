@@ -28,7 +28,7 @@ import yaml
 from tqdm import tqdm
 
 from gradnas import distributed
-from gradnas.callbacks import Callback, MetricsWriter
+from gradnas.callbacks import Callback, MetricsWriter, build_callbacks
 from gradnas.checkpoint import keep_metrics_until, metrics_until, resume_point, save_checkpoint
 from gradnas.errors import GradnasError
 from gradnas.signals import Interrupted, StopOnSignal
@@ -203,10 +203,11 @@ class Harness:
                           f"  gradnas {self.command} --resume {self.out}", signum=self._guard.requested)
 
     # -- building
-    def _attach(self, job, callbacks, *, resume: bool, device) -> None:
-        """Attach the job and the callbacks (the run's own first, then the user's, then the metrics writer), and
-        on resume load the checkpoint into all of them."""
+    def _attach(self, job, builtin, callbacks, *, resume: bool, device) -> None:
+        """Attach the job and the callbacks (the job's own, those the config names, those passed in, then the
+        metrics writer), and on resume load the checkpoint into all of them."""
         self.job = job
+        callbacks = [*builtin, *build_callbacks(self.cfg.callbacks, self.cfg), *callbacks]
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise GradnasError(f"callbacks must be gradnas.callbacks.Callback instances, got {type(cb).__name__}")

@@ -86,6 +86,9 @@ def _add_config_flags(p, *, grid: bool):
     if not grid:
         p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--callback", action="append", metavar="NAME",
+                   help="attach a callback registered under NAME (gradnas.callbacks.register_callback; import its "
+                        "module with --plugin); repeatable; saved in config.yaml, so --resume attaches it again")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)" if not grid else
                    "CPU threads per run (default: the cores divided among --jobs)")
     g = p.add_argument_group(
@@ -148,7 +151,8 @@ def resolve_search_config(args):
 
 def run_search(args) -> int:
     from gradnas import distributed
-    from gradnas.search.loop import open_search
+    from gradnas.search.loop import Search
+    from gradnas.space import get_space
 
     if args.resume:
         saved = overrides.saved_search_config(args.resume)
@@ -165,10 +169,10 @@ def run_search(args) -> int:
             out = Path(args.out) if args.out else Path(distributed.from_main(str(Path("runs") / (
                 f"{cfg.method}-{cfg.space}-{cfg.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))))
         say = speaker(world.is_main)
-        search = open_search(cfg, out, resume=bool(args.resume), progress=not args.quiet)
-        done = (f"round {search.round}/{len(search.plan)}" if cfg.method == "pvll"
-                else f"epoch {search.epoch}/{cfg.epochs}"
-                + (f" and step {search.step} of epoch {search.epoch + 1}" if search.step else ""))
+        search = Search(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+        unit, total = search.job.unit, search.job.units()
+        done = (f"{unit} {search.done}/{total}" +
+                (f" and step {search.step} of {unit} {search.done + 1}" if search.step else ""))
         if args.resume:
             say(f"resuming {out} after {done}", file=sys.stderr)
         try:
@@ -177,24 +181,23 @@ def run_search(args) -> int:
             say(f"\ngradnas: {stop}", file=sys.stderr)
             return stop.exit_code
         except KeyboardInterrupt:
-            last = f"round ({search.round})" if cfg.method == "pvll" else f"epoch ({search.epoch})"
-            say(f"\ninterrupted; the last finished {last} is saved. Continue with:\n"
+            say(f"\ninterrupted; the last finished {unit} ({search.done}) is saved. Continue with:\n"
                 f"  gradnas search --resume {out}", file=sys.stderr)
             return 130
     finally:
         distributed.shutdown()
     if "stop" in summary:
-        say(f"stopped after epoch {summary['stop']['epoch']} of {cfg.epochs}: {summary['stop']['reason']}")
+        say(f"stopped after {unit} {summary['stop']['epoch']} of {total}: {summary['stop']['reason']}")
     say(f"genotype: {summary['genotype']}")
     if "best_valid_acc" in summary:
         say(f"best valid acc: {summary['best_valid_acc']:.2f}%")
     else:  # pvll: the derived sub-network, measured in the supernet as every sample was
         say(f"derived sub-network in the supernet: valid loss {summary['valid_loss']:.4f}, "
             f"acc {summary['valid_acc']:.2f}%")
-    if search.benchmark and search.benchmark[0] in summary:
+    benchmark = get_space(cfg.space).benchmark
+    if benchmark and benchmark.key in summary:
         from gradnas.benchmark import format_benchmark
-        key = search.benchmark[0]
-        say(f"{key} test acc: {format_benchmark(summary[key])}")
+        say(f"{benchmark.key} test acc: {format_benchmark(summary[benchmark.key])}")
     say(f"run folder: {out}")
     return 0
 

@@ -39,6 +39,9 @@ def add_parser(sub):
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--callback", action="append", metavar="NAME",
+                   help="attach a callback registered under NAME (gradnas.callbacks.register_callback; import its "
+                        "module with --plugin); repeatable; saved in config.yaml, so --resume attaches it again")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--out", help="run folder (default: runs/train-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the training in RUN_DIR from its last checkpoint")

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 
 from gradnas import distributed
+from gradnas.callbacks import check_callback_names
 from gradnas.config import Claim, SearchConfig, check_components
 from gradnas.data import Augment, SearchSplit, load_dataset, make_search_split
 from gradnas.data.sources import ImageDataset, dataset_key
@@ -95,6 +96,7 @@ def check_search_config(cfg: SearchConfig, *, given=(), components: bool = True)
         check_components(cfg, component_claims(cfg, algorithm), given=given)
     algorithm.check_config(cfg)
     dataset_key(cfg.data.dataset)
+    check_callback_names(cfg.callbacks)
     return algorithm
 
 
@@ -142,4 +144,4 @@ class Search(Harness):
         distributed.run_on_main(lambda: self.folder.prepare(cfg.to_dict(), resume=resume))
         data = load_search_data(cfg, self.folder, resume=resume, main=self.is_main)
         self.algorithm = algorithm(cfg, data=data, device=device, world=self.world)
-        self._attach(self.algorithm, [*self.algorithm.builtin_callbacks(), *callbacks], resume=resume, device=device)
+        self._attach(self.algorithm, self.algorithm.builtin_callbacks(), callbacks, resume=resume, device=device)

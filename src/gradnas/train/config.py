@@ -70,6 +70,7 @@ class TrainConfig:
     threads: int | None = None           # CPU threads; None = torch's default
     precision: str = "fp32"              # fp32 or bf16 (autocast; weights and optimizer stay fp32)
     channels_last: bool = False          # NHWC memory format for activations and weights
+    callbacks: tuple = ()                # names of registered callbacks (gradnas.callbacks.register_callback)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -122,6 +123,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        d["callbacks"] = list(d["callbacks"])
         for key in ("mean", "std"):
             if d["data"][key] is not None:
                 d["data"][key] = list(d["data"][key])

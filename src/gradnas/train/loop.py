@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from gradnas import distributed
+from gradnas.callbacks import check_callback_names
 from gradnas.data.sources import dataset_key
 from gradnas.errors import GradnasError
 from gradnas.run import (CHECKPOINT_FILE, CONFIG_FILE, GENOTYPE_FILE, METRICS_FILE, NETWORK_FILE,  # noqa: F401
@@ -86,6 +87,7 @@ class Training(Harness):
         super().__init__(cfg, out_dir, progress=progress)
         self.genotype = genotype
         dataset_key(cfg.data.dataset)  # fail fast, before the run folder is made
+        check_callback_names(cfg.callbacks)
         set_threads(cfg.threads)
         distributed.check_divisible(cfg.batch_size)
         device = distributed.resolve_device(cfg.device)
@@ -93,7 +95,7 @@ class Training(Harness):
             raise GradnasError("precision bf16 needs a GPU with bfloat16 support; use --precision fp32")
         distributed.run_on_main(lambda: self._prepare_folder(resume))
         self.trainer = Trainer(cfg, genotype, device=device, world=self.world)
-        self._attach(self.trainer, list(callbacks), resume=resume, device=device)
+        self._attach(self.trainer, [], callbacks, resume=resume, device=device)
         if resume and self.done == 0 and self.is_main:  # stopped before its first checkpoint (maybe this file too)
             self.folder.write_json(NETWORK_FILE, self.trainer.network_info())
         elif not resume and self.is_main:
