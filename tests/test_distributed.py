@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 from gradnas import distributed
 from gradnas.config import SearchConfig
-from gradnas.search import loop as search_loop
+from gradnas.search import gradient as search_gradient
 from gradnas.search.loop import Search
 from gradnas.train.config import TrainConfig
 from gradnas.train.loop import Training
@@ -129,8 +129,8 @@ def test_two_process_search_matches_one_process(two_process_run, tmp_path, monke
     plain = Search(cfg, tmp_path / "plain", progress=False)
     init = {k: v.clone() for k, v in _params(plain.model.state_dict()).items()}
     plain.run()
-    build = search_loop.build_supernet
-    monkeypatch.setattr(search_loop, "build_supernet", lambda *a, **k: TwoHalves(build(*a, **k)))
+    build = search_gradient.build_supernet
+    monkeypatch.setattr(search_gradient, "build_supernet", lambda *a, **k: TwoHalves(build(*a, **k)))
     halves = Search(cfg, tmp_path / "halves", progress=False)
     halves.run()
 

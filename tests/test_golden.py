@@ -7,7 +7,9 @@ network) state, the summary, and every metrics line (wall-time fields removed), 
 ``python tests/golden/record.py`` (which calls :func:`run_case` of this module); re-record only for a change
 that is meant to change results, and say so here.
 
-Intended changes since the recording: none.
+Intended changes since the recording: none in the results. (The recording ran the pre-redesign entry points,
+``open_search`` and ``PVLLSearch.pvll``; the same cases now run through the one ``Search`` harness, PVLL's state
+being ``search.algorithm.pvll``.)
 """
 import hashlib
 import json
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 from gradnas.config import SearchConfig
+from gradnas.search.loop import Search
 from gradnas.train.config import TrainConfig
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -101,24 +104,16 @@ def _metrics(run_dir: Path) -> list:
     return lines
 
 
-def _start_search(cfg, out):
-    """The search of ``cfg`` through the public entry point of this version of gradnas."""
-    from gradnas.search import loop
-    if hasattr(loop, "open_search"):
-        return loop.open_search(cfg, out, progress=False)
-    return loop.Search(cfg, out, progress=False)
-
-
 def run_case(name: str, out: Path) -> dict:
     """Run one case in folder ``out``; the figures that must not change."""
     kind, spec = CASES[name]
     if kind == "search":
         cfg = SearchConfig.from_dict(spec)
-        search = _start_search(cfg, out)
+        search = Search(cfg, out, progress=False)
         summary = search.run()
         model = search.model
         if cfg.method == "pvll":
-            pvll = getattr(search, "algorithm", search).pvll  # (the redesign moved it into the search's algorithm)
+            pvll = search.algorithm.pvll
             alphas = [pvll.A.detach().tolist()]
             extra = {"estimator_sha256": state_sha256(pvll.estimator.state_dict())}
         else:

@@ -111,7 +111,7 @@ def test_arch_weight_decay_follows_relaxation_unless_set():
 def test_unknown_method_and_order():
     model = tiny_supernet()
     w_opt, a_opt, _ = build_optimizers(SearchConfig(), model)
-    with pytest.raises(GradnasError, match="valid methods: darts, milenas, single-level"):
+    with pytest.raises(GradnasError, match="valid methods: darts, milenas, pvll, single-level"):
         make_method("enas", model, w_optim=w_opt, a_optim=a_opt)
     with pytest.raises(GradnasError, match="supports order 1, not 2"):
         make_method("single-level", model, w_optim=w_opt, a_optim=a_opt, order=2)
@@ -119,4 +119,4 @@ def test_unknown_method_and_order():
         make_method("milenas", model, w_optim=w_opt, a_optim=a_opt, order=3)
     with pytest.raises(GradnasError, match="set order: 2"):  # an option that would do nothing
         make_method("darts", model, w_optim=w_opt, a_optim=a_opt, order=1, xi=0.1)
-    assert set(METHODS) == {"darts", "milenas", "single-level"}
+    assert set(METHODS) == {"darts", "milenas", "single-level", "pvll"}  # one registry, pvll included

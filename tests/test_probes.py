@@ -166,7 +166,7 @@ def test_probes_do_not_change_the_search(tmp_path):
     for key in a:  # weights, alphas and BN statistics, bit for bit
         assert torch.equal(a[key], b[key]), key
     for opt in ("w_optim", "a_optim"):
-        sa, sb = getattr(plain, opt).state_dict()["state"], getattr(probed, opt).state_dict()["state"]
+        sa, sb = getattr(plain.algorithm, opt).state_dict()["state"], getattr(probed.algorithm, opt).state_dict()["state"]
         for k in sa:
             for name in sa[k]:
                 assert torch.equal(torch.as_tensor(sa[k][name]), torch.as_tensor(sb[k][name]))

@@ -11,7 +11,7 @@ from gradnas.cli import main
 from gradnas.config import SearchConfig
 from gradnas.errors import GradnasError
 from gradnas.relax import gumbel_straight_through
-from gradnas.search.loop import open_search
+from gradnas.search.loop import Search
 from gradnas.search.methods import make_method, method_class
 from gradnas.search.pvll import (LossEstimator, PerformanceMemory, PVLL, PVLLConfig, kendall_tau, normalise,
                                  pair_weights, weighted_mse)
@@ -199,29 +199,30 @@ def _lines(run_dir):
     return lines
 
 
-def _assert_same(a: PVLLSearch, b: PVLLSearch):
+def _assert_same(a: Search, b: Search):
     for key, value in a.model.state_dict().items():  # weights, BN statistics, the last sampled H
         assert torch.equal(value, b.model.state_dict()[key]), key
-    assert torch.equal(a.pvll.A, b.pvll.A)
-    for key, value in a.pvll.estimator.state_dict().items():
-        assert torch.equal(value, b.pvll.estimator.state_dict()[key]), key
-    assert all(torch.equal(x, y) for x, y in zip(a.pvll.memory.tensors(), b.pvll.memory.tensors()))
-    assert a.pvll.a_optim.state_dict()["state"][0]["exp_avg"].equal(b.pvll.a_optim.state_dict()["state"][0]["exp_avg"])
+    a, b = a.algorithm.pvll, b.algorithm.pvll
+    assert torch.equal(a.A, b.A)
+    for key, value in a.estimator.state_dict().items():
+        assert torch.equal(value, b.estimator.state_dict()[key]), key
+    assert all(torch.equal(x, y) for x, y in zip(a.memory.tensors(), b.memory.tensors()))
+    assert a.a_optim.state_dict()["state"][0]["exp_avg"].equal(b.a_optim.state_dict()["state"][0]["exp_avg"])
 
 
 @pytest.mark.parametrize("space,stops", [("nb201", (6, 9)), ("darts", (9,))])
 def test_search_runs_and_resumes_exactly(tmp_path, space, stops):
     cfg = _config(space)
-    full = open_search(cfg, tmp_path / "full", progress=False)
-    assert isinstance(full, PVLLSearch) and len(full.plan) == 4 + 4 + 3
+    full = Search(cfg, tmp_path / "full", progress=False)
+    assert isinstance(full.algorithm, PVLLSearch) and len(full.algorithm.plan) == 4 + 4 + 3
     summary = full.run()
     # stopped in the warm-up (round 6: the batch stream restarts mid-epoch) and in the search (round 9), resumed
-    PVLLSearch(cfg, tmp_path / "resumed", progress=False).run(stop_after=stops[0])
+    Search(cfg, tmp_path / "resumed", progress=False).run(stop_after=stops[0])
     for stop in stops[1:]:
-        assert PVLLSearch(cfg, tmp_path / "resumed", resume=True, progress=False).run(
+        assert Search(cfg, tmp_path / "resumed", resume=True, progress=False).run(
             stop_after=stop)["finished"] is False
-    resumed = PVLLSearch(cfg, tmp_path / "resumed", resume=True, progress=False)
-    assert resumed.round == 9
+    resumed = Search(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.done == 9
     assert resumed.run() == {**summary, "run_dir": str(tmp_path / "resumed")}
     _assert_same(full, resumed)
     lines = _lines(tmp_path / "full")
@@ -234,7 +235,7 @@ def test_search_runs_and_resumes_exactly(tmp_path, space, stops):
     for line in lines[7:]:  # after psi's warm-up: its loss and Kendall tau on the memory
         assert line["estimator_loss"] >= 0 and -1 <= line["kendall_tau"] <= 1
     assert [l["memory"] for l in lines[4:]] == [1, 2, 3, 4, 5, 6, 7]
-    assert lines[-1]["genotype"] == summary["genotype"] == full.derived()[0].to_string()
+    assert lines[-1]["genotype"] == summary["genotype"] == full.algorithm.derived()[0].to_string()
     saved = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert saved["finished"] and saved["genotype"] == summary["genotype"] and 0 <= saved["valid_acc"] <= 100
     if space == "nb201":
@@ -243,7 +244,7 @@ def test_search_runs_and_resumes_exactly(tmp_path, space, stops):
             assert line["sampled_nb201"] == lookup(NB201Genotype.from_weights(
                 [[float(op == o) for o in NB201_OPS] for op in line["sampled"]["cell"]]))
         assert saved["nb201"] == lookup(saved["genotype"])
-        assert full.derived()[0] == NB201Genotype.from_weights(full.pvll.arch_weights().tolist())
+        assert full.algorithm.derived()[0] == NB201Genotype.from_weights(full.algorithm.pvll.arch_weights().tolist())
     else:
         assert list(lines[-1]["sampled"]) == ["normal", "reduce"] and "nb201" not in saved
     # the checkpoint holds A, psi and the memory
@@ -253,14 +254,14 @@ def test_search_runs_and_resumes_exactly(tmp_path, space, stops):
 def test_first_order_measures_without_training_and_the_ablations(tmp_path):
     cfg = _config(population=3, steps=2, uniform_sampling=True)
     cfg = SearchConfig.from_dict({**cfg.to_dict(), "order": 1})
-    run = PVLLSearch(cfg, tmp_path / "o1", progress=False)
+    run = Search(cfg, tmp_path / "o1", progress=False)
     run.run()
     lines = _lines(tmp_path / "o1")
     assert ["lr" in l for l in lines] == [True] * 6 + [False] * 2  # order 1: the search rounds only measure
     assert not cfg.pvll.weighted  # uniform sampling: eq. 8's weight does not apply (Table 5: N/A)
     no_warmup = _config(population=3, steps=2, warmup=False)
-    run = PVLLSearch(no_warmup, tmp_path / "nw", progress=False)
-    assert [phase for phase, _ in run.plan] == ["search"] * 5  # T + N steps: the paper's equal budget
+    run = Search(no_warmup, tmp_path / "nw", progress=False)
+    assert [phase for phase, _ in run.algorithm.plan] == ["search"] * 5  # T + N steps: the paper's equal budget
     run.run()
     lines = _lines(tmp_path / "nw")
     assert "estimator_loss" not in lines[0] and "estimator_loss" in lines[1]
@@ -307,20 +308,20 @@ def test_signal_stops_after_the_round_in_flight_and_resumes_exactly(tmp_path):
     import signal
     from gradnas.signals import Interrupted
     cfg = _config("nb201")
-    full = PVLLSearch(cfg, tmp_path / "full", progress=False)
+    full = Search(cfg, tmp_path / "full", progress=False)
     full.run()
-    stopped = PVLLSearch(cfg, tmp_path / "run", progress=False)
-    inner = stopped._measure
+    stopped = Search(cfg, tmp_path / "run", progress=False)
+    inner = stopped.algorithm._measure
 
     def measure_and_signal(r):
         if r == 9:  # during search round 10 of 11
             os.kill(os.getpid(), signal.SIGTERM)
         return inner(r)
-    stopped._measure = measure_and_signal
+    stopped.algorithm._measure = measure_and_signal
     with pytest.raises(Interrupted, match=r"(?s)SIGTERM after round 10/11; its checkpoint is saved.*--resume"):
         stopped.run(stop_on_signal=True)
-    resumed = PVLLSearch(cfg, tmp_path / "run", resume=True, progress=False)
-    assert resumed.round == 10
+    resumed = Search(cfg, tmp_path / "run", resume=True, progress=False)
+    assert resumed.done == 10
     resumed.run()
     _assert_same(full, resumed)
     assert _lines(tmp_path / "full") == _lines(tmp_path / "run")

@@ -12,6 +12,7 @@ from gradnas.cli import main
 from gradnas.config import SearchConfig
 from gradnas.errors import GradnasError
 from gradnas.search.loop import Search
+from gradnas.search.callbacks import ModelSizes
 from gradnas.search.sizes import SizeTracker, StopConfig, conv_counts, eval_params_m
 from gradnas.space.genotype import Genotype, NB201Genotype, load_genotype
 from gradnas.train.genotypes import genotype_from_source
@@ -267,7 +268,7 @@ def test_resume_from_a_checkpoint_without_the_tracker(free_run, tmp_path):
     save_checkpoint(state, run / "checkpoint.pt")
     shutil.rmtree(run / "sizes")
     search = Search(tiny_config(epochs=3, seed=0, threads=1), run, resume=True, progress=False)
-    assert search.sizes.state_dict() == expected
+    assert search.callback(ModelSizes).tracker.state_dict() == expected
     assert (run / "sizes" / "index.json").read_text() == (free_run / "sizes" / "index.json").read_text()
 
 

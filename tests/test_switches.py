@@ -14,6 +14,7 @@ from gradnas.cli import build_parser, resolve_search_config
 from gradnas.config import SearchConfig, load_yaml
 from gradnas.data import Augment, PairedBatches, make_search_split
 from gradnas.errors import GradnasError
+from gradnas.search.callbacks import CollapseWatch
 from gradnas.search.loop import Search
 from gradnas.space import build_supernet
 from gradnas.space.genotype import Genotype, NB201Genotype, non_learnable_share
@@ -83,8 +84,9 @@ def test_schedule_switches_at_its_epoch_keeps_state_and_resumes_exactly(tmp_path
     def build(out, **kw):
         search = Search(cfg, out, progress=False, **kw)
         search.model.genotype = lambda: ALL_SKIP  # forced: 7/8 parameter-free ops
-        for m in search._methods:
-            assert m.model is search.model and m.w_optim is search.w_optim and m.a_optim is search.a_optim
+        algo = search.algorithm
+        for m in algo.methods:
+            assert m.model is search.model and m.w_optim is algo.w_optim and m.a_optim is algo.a_optim
             step = m.step
 
             def spy(train, val, step=step, name=m.name):
@@ -96,7 +98,7 @@ def test_schedule_switches_at_its_epoch_keeps_state_and_resumes_exactly(tmp_path
 
     full = build(tmp_path / "full")
     full.run()
-    steps = len(full.batches)
+    steps = len(full.algorithm.batches)
     assert calls == ["darts"] * steps + ["milenas"] * steps
     lines = _metrics(tmp_path / "full")
     assert [l["method"] for l in lines] == ["darts", "milenas"]
@@ -110,14 +112,15 @@ def test_schedule_switches_at_its_epoch_keeps_state_and_resumes_exactly(tmp_path
 
     build(tmp_path / "resumed").run(stop_after=1)
     resumed = build(tmp_path / "resumed", resume=True)
-    assert (resumed.epoch, resumed.lr_scale, resumed.lr_decays) == (1, 0.5, 1)
+    watch = resumed.callback(CollapseWatch)
+    assert (resumed.epoch, resumed.algorithm.lr_scale, watch.lr_scale, watch.lr_decays) == (1, 0.5, 0.5, 1)
     resumed.run()
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert _metrics(tmp_path / "resumed") == lines
-    assert torch.equal(torch.tensor(full.w_optim.param_groups[0]["lr"]),
-                       torch.tensor(resumed.w_optim.param_groups[0]["lr"]))
+    assert torch.equal(torch.tensor(full.algorithm.w_optim.param_groups[0]["lr"]),
+                       torch.tensor(resumed.algorithm.w_optim.param_groups[0]["lr"]))
     with pytest.raises(GradnasError, match="another config .*then: 'milenas' there, 'single-level' now"):
         Search(tiny_config(method="darts", switch_at=1, then="single-level", alpha_data="same-batch",
                            collapse={"lr_decay": True, "max_decays": 1}, data={"subset": 64}),
@@ -197,7 +200,7 @@ def test_imagenet_search_config_runs_one_step(tmp_path):
     d.update(epochs=2, batch_size=4, device="cpu", threads=1)
     d["data"].update(data_dir=str(tmp_path / "data"), subset=8, eval_batches=1)  # 4 weight images: one step
     search = Search(SearchConfig.from_dict(d), tmp_path / "run", progress=False)
-    assert len(search.batches) == 1 and search.batches.x.shape[-2:] == (224, 224)
+    assert len(search.algorithm.batches) == 1 and search.algorithm.batches.x.shape[-2:] == (224, 224)
     search.run(stop_after=1)
     (line,) = _metrics(tmp_path / "run")
     assert line["method"] == "single-level" and math.isfinite(line["train_loss"]) and "arch_batch_loss" not in line

@@ -1,2 +1,36 @@
-"""gradnas: gradient-based neural architecture search (DARTS, MiLeNAS, single-level) in PyTorch."""
+"""gradnas: gradient-based neural architecture search (DARTS, MiLeNAS, single-level, PVLL-NAS) in PyTorch.
+
+The extension points are reachable from here (loaded on first use, so ``import gradnas`` stays cheap):
+``register_op``, ``register_dataset``, ``register_method``, ``register_relaxation``, ``register_space``,
+``register_callback``, ``Callback``, ``Search``, ``Training``, ``SearchConfig``, ``TrainConfig``.
+"""
+import importlib
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "register_op": "gradnas.space.ops",
+    "register_dataset": "gradnas.data.sources",
+    "register_method": "gradnas.search.algorithm",
+    "register_relaxation": "gradnas.relax",
+    "register_space": "gradnas.space.base",
+    "register_callback": "gradnas.callbacks",
+    "Callback": "gradnas.callbacks",
+    "ArchOptimizer": "gradnas.search.methods",
+    "SearchAlgorithm": "gradnas.search.algorithm",
+    "Relaxation": "gradnas.relax",
+    "SearchSpace": "gradnas.space.base",
+    "Search": "gradnas.search.loop",
+    "Training": "gradnas.train.loop",
+    "SearchConfig": "gradnas.config",
+    "TrainConfig": "gradnas.train.config",
+    "load_genotype": "gradnas.space.genotype",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'gradnas' has no attribute {name!r}")

@@ -51,8 +51,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def resume_point(run_dir: str | os.PathLike, *, unit: str, map_location="cpu", main: bool = True,
-                 checkpoint: str = "checkpoint.pt", metrics: str = "metrics.jsonl",
-                 config: str = "config.yaml") -> dict | None:
+                 checkpoint: str, metrics: str, config: str) -> dict | None:
     """The checkpoint state a resumed run continues from, or None when the run (its folder has its config)
     was stopped before it wrote its first checkpoint: nothing done then counts, so (on the main process) its
     metrics file is emptied and the run says it starts again from its first ``unit`` (epoch, round)."""

@@ -512,24 +512,27 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_components(cfg: SearchConfig, claims, *, given=()) -> None:
+def check_components(cfg: SearchConfig, claims, *, given=None) -> None:
     """Refuse a setting that only components this search does not run would read, naming the one that would.
 
-    A key counts as set when it is in ``given`` (the dotted keys a user set explicitly, by a flag or ``--set``)
-    or, for a strict claim (every one but the sections of spaces and relaxations), when its value differs from
-    the default. Keys no component claims (the common ones: space, method, relax, order, batch_size, seed,
-    device, threads, data, w_optim) are always read."""
+    ``given``: the dotted keys the user set explicitly (the command line: its flags and ``--set``); only they
+    are checked, since a config file may hold settings for several components (the shipped ``quick`` config
+    serves every method). ``given=None`` (a config built in Python): a key counts as set when its value
+    differs from the default, except in the sections of spaces and relaxations (non-strict claims), which one
+    config may hold for several of them. Keys no component claims (the common ones: space, method, relax,
+    order, batch_size, seed, device, threads, data, w_optim) are always read."""
     values = flatten(cfg.to_dict())
     defaults = flatten(SearchConfig().to_dict())
     spelled = {"lam": "lambda"}
-    given = {spelled.get(k, k) for k in given}
+    by_value = given is None
+    given = {spelled.get(k, k) for k in given or ()}
     for key in sorted(values):
         readers = [c for c in claims if any(key == k or key.startswith(k + ".") for k in c.keys)]
         if not readers or any(c.active for c in readers):
             continue
         c = readers[0]
         explicit = any(key == g or key.startswith(g + ".") for g in given)
-        if not explicit and not (c.strict and defaults.get(key, _UNSET) != values[key]):
+        if not explicit and not (by_value and c.strict and defaults.get(key, _UNSET) != values[key]):
             continue
         verb = "configures" if c.section else "is read by"
         raise GradnasError(f"config: {key} {verb} {c.owner}, but {c.reason}{': ' + c.hint if c.hint else ''}; "

@@ -78,7 +78,8 @@ def space_flags(space: str) -> dict:
 
 def given_keys(d: dict, flags: Mapping[str, object], sets: Sequence[str]) -> list:
     """The dotted config keys the user set explicitly: by a flag given, or by a set."""
-    table = {**SEARCH_FLAGS, **space_flags(_searched_space(d, sets))}
+    space = flags.get("space") or d.get("space", "darts")  # as apply_search_overrides decides it
+    table = {**SEARCH_FLAGS, **space_flags(_searched_space({"space": space}, sets))}
     return ([table[f] for f, value in flags.items() if value is not None and f in table] +
             [assignment.partition("=")[0].strip() for assignment in sets])
 
@@ -111,7 +112,7 @@ def resolve_search_config(config: str | None, flags: Mapping[str, object], sets:
 
 def saved_search_config(run_dir) -> SearchConfig:
     """The config a search run folder was started with; refuses a folder that holds no search."""
-    from gradnas.search.loop import CONFIG_FILE
+    from gradnas.run import CONFIG_FILE
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise GradnasError(f"{run_dir} is not a gradnas run folder (no {CONFIG_FILE}); give the folder a "
@@ -178,7 +179,7 @@ def resolve_train_config(setting: str | None, flags: Mapping[str, object], sets:
 
 def check_training_folder(run_dir) -> None:
     """Refuse a folder that holds no training run (its config and genotype)."""
-    from gradnas.train.loop import CONFIG_FILE, GENOTYPE_FILE
+    from gradnas.run import CONFIG_FILE, GENOTYPE_FILE
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / GENOTYPE_FILE).is_file():
         raise GradnasError(f"{run_dir} is not a gradnas training run folder (no {CONFIG_FILE} / {GENOTYPE_FILE})")
@@ -188,7 +189,7 @@ def saved_train_config(run_dir):
     """The setting a training run folder (:func:`check_training_folder`) was started with; refuses a
     search run folder."""
     from gradnas.train.config import TrainConfig
-    from gradnas.train.loop import CONFIG_FILE
+    from gradnas.run import CONFIG_FILE
     saved = load_yaml(str(Path(run_dir) / CONFIG_FILE))
     if "method" in saved or "space" in saved:
         raise GradnasError(f"{run_dir} is a search run folder, not a training one; train its genotype with "

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -322,9 +321,3 @@ def set_threads(threads: int | None) -> None:
     """CPU threads for this process (None: torch's default)."""
     if threads:
         torch.set_num_threads(threads)
-
-
-def say(*args, **kwargs) -> None:
-    """Print on the main process only (stderr by default)."""
-    if distributed.world().is_main:
-        print(*args, **{"file": sys.stderr, **kwargs})

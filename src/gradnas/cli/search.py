@@ -169,7 +169,8 @@ def run_search(args) -> int:
             out = Path(args.out) if args.out else Path(distributed.from_main(str(Path("runs") / (
                 f"{cfg.method}-{cfg.space}-{cfg.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))))
         say = speaker(world.is_main)
-        search = Search(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+        explicit = overrides.given_keys(cfg.to_dict(), search_flags(args), args.set)  # checked as the CLI's
+        search = Search(cfg, out, resume=bool(args.resume), progress=not args.quiet, explicit_keys=explicit)
         unit, total = search.job.unit, search.job.units()
         done = (f"{unit} {search.done}/{total}" +
                 (f" and step {search.step} of {unit} {search.done + 1}" if search.step else ""))

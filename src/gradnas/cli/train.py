@@ -58,7 +58,8 @@ def run(args) -> int:
     from gradnas import distributed
     from gradnas.space.genotype import load_genotype
     from gradnas.train.genotypes import genotype_from_source, parse_size
-    from gradnas.train.loop import GENOTYPE_FILE, Training
+    from gradnas.run import GENOTYPE_FILE
+    from gradnas.train.loop import Training
 
     if args.resume:
         overrides.check_training_folder(args.resume)

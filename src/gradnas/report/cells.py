@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import gradnas.space.ops as op_table  # read at call time: the op table can be extended after import
 from gradnas.errors import GradnasError
 from gradnas.space.base import space_of
+from gradnas.space.drawing import digraph, op_edge  # noqa: F401  (re-exported: the house style)
 from gradnas.space.genotype import load_genotype
 
 DOT_MISSING = ("the Graphviz program `dot` is needed to draw cells and was not found on PATH; install Graphviz "
@@ -26,7 +26,7 @@ DOT_MISSING = ("the Graphviz program `dot` is needed to draw cells and was not f
 
 def read_genotype(source):
     """A genotype of any space from a string, a genotype JSON file or a run folder (its genotype.json)."""
-    from gradnas.search.loop import GENOTYPE_FILE
+    from gradnas.run import GENOTYPE_FILE
     text = str(source).strip()
     try:
         is_dir = Path(text).is_dir()
@@ -43,24 +43,6 @@ def read_genotype(source):
 def cell_graphs(genotype) -> dict:
     """{name: graphviz.Digraph} for every cell of the genotype, drawn by its space."""
     return space_of(genotype).draw(genotype)
-
-
-def digraph(title: str):
-    """An empty left-to-right diagram titled ``title`` in the house style, for a space's ``draw``."""
-    import graphviz
-    g = graphviz.Digraph(name=title, format="png")
-    g.attr(rankdir="LR", label=title, labelloc="b", fontname="Helvetica", fontsize="18", dpi="110")
-    g.attr("node", style="filled,rounded", shape="box", fontname="Helvetica", fontsize="16", height="0.45",
-           penwidth="1.5")
-    g.attr("edge", fontname="Helvetica", fontsize="13", penwidth="1.4", arrowsize="0.8")
-    return g
-
-
-def op_edge(g, source: str, target: str, op: str) -> None:
-    """An arrow labelled with its op; parameter-free ops are dashed and grey."""
-    free = op in op_table.PARAMETER_FREE_OPS
-    g.edge(source, target, label=op, color="gray40" if free else "black", fontcolor="gray30" if free else "black",
-           style="dashed" if free else "solid")
 
 
 def render(graph, path: Path) -> Path:

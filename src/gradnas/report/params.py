@@ -60,7 +60,7 @@ def run_params(run) -> int | None:
     """derived_params of a run's final genotype; input channels and classes read from its checkpoint.
     None when the run has no checkpoint or genotype, or its config or genotype does not load."""
     from gradnas.checkpoint import load_checkpoint
-    from gradnas.search.loop import CHECKPOINT_FILE
+    from gradnas.run import CHECKPOINT_FILE
 
     path = Path(run.path) / CHECKPOINT_FILE
     genotype = run.genotype_string

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from gradnas.errors import GradnasError
-from gradnas.search.loop import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from gradnas.run import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 SIZES_INDEX = "sizes/index.json"  # written by the model-size based search, when it ran
 

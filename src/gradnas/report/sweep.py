@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from gradnas.config import SearchConfig, resume_conflicts
 from gradnas.errors import GradnasError
-from gradnas.search.loop import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, check_names
+from gradnas.run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from gradnas.search.loop import check_names
 from gradnas.search.methods import method_class
 
 PLAN_DIR, LOG_FILE, SWEEP_FILE = "plan", "search.log", "sweep.json"

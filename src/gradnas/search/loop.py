@@ -25,10 +25,9 @@ from gradnas.data.sources import ImageDataset, dataset_key
 from gradnas.distributed import resolve_device
 from gradnas.errors import GradnasError
 from gradnas.relax import RELAXATIONS, make_relaxation
-from gradnas.run import (CHECKPOINT_FILE, CONFIG_FILE, GENOTYPE_FILE, METRICS_FILE, SPLIT_FILE,  # noqa: F401
-                         SUMMARY_FILE, Harness, set_threads)
+from gradnas.run import SPLIT_FILE, Harness, set_threads
 from gradnas.search.algorithm import METHODS, SearchAlgorithm, method_class
-from gradnas.search.gradient import GradientSearch, build_optimizers, evaluate  # noqa: F401  (public here too)
+from gradnas.search.gradient import GradientSearch, build_optimizers  # noqa: F401  (public here too)
 from gradnas.search.methods import ArchOptimizer
 from gradnas.search.pvll_search import PVLLSearch  # noqa: F401  (registers method pvll)
 from gradnas.space import SPACES, get_space
@@ -83,10 +82,11 @@ def component_claims(cfg: SearchConfig, algorithm: type) -> list:
     return claims
 
 
-def check_search_config(cfg: SearchConfig, *, given=(), components: bool = True) -> type:
+def check_search_config(cfg: SearchConfig, *, given=None, components: bool = True) -> type:
     """Fail fast, before any data is read, on unknown names, on a setting that no component of this search
-    reads (``given``: dotted keys the user set explicitly; ``components=False`` skips this, for a resumed
-    search whose config is its folder's) and on what the algorithm cannot run; returns the algorithm class."""
+    reads (``given``: the dotted keys the user set explicitly, or None to count every non-default value: see
+    gradnas.config.check_components; ``components=False`` skips this, for a resumed search whose config is
+    its folder's) and on what the algorithm cannot run; returns the algorithm class."""
     get_space(cfg.space)
     make_relaxation(cfg.relax)
     for name in cfg.methods:
@@ -101,8 +101,9 @@ def check_search_config(cfg: SearchConfig, *, given=(), components: bool = True)
 
 
 def check_names(cfg: SearchConfig) -> None:
-    """check_search_config without its result (sweeps check every grid point before any run starts)."""
-    check_search_config(cfg)
+    """The names and the algorithm's own refusals of a config from the command line (sweeps check every grid
+    point before any run starts; the keys each point's command sets are checked when it runs)."""
+    check_search_config(cfg, given=())
 
 
 def load_search_data(cfg: SearchConfig, folder, *, resume: bool, main: bool) -> SearchData:
@@ -126,15 +127,17 @@ class Search(Harness):
     """A search run, built from a config; :meth:`run` executes the remaining units (epochs or PVLL rounds).
 
     ``callbacks``: user callbacks (``gradnas.callbacks.Callback``), run after the search's own extras and
-    before the metrics writer; they may add keys to every metrics line and request a stop."""
+    before the metrics writer; they may add keys to every metrics line and request a stop. ``explicit_keys``:
+    the dotted config keys the user set explicitly (the command line's flags and --set), which are checked
+    against the components that read them; None (Python): every value that differs from its default is."""
 
     command, holds, noun = "search", "a search", "search"
     config_class = SearchConfig
 
     def __init__(self, cfg: SearchConfig, out_dir: str | os.PathLike, *, resume: bool = False,
-                 progress: bool = True, callbacks=()):
+                 progress: bool = True, callbacks=(), explicit_keys=None):
         super().__init__(cfg, out_dir, progress=progress)
-        algorithm = check_search_config(cfg, components=not resume)  # before any data is read
+        algorithm = check_search_config(cfg, given=explicit_keys, components=not resume)  # before any data is read
         set_threads(cfg.threads)
         if self.world.size > 1 and not algorithm.distributed:
             raise GradnasError(f"method {cfg.method} runs in one process{algorithm.single_process_reason}; start it "

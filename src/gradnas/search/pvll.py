@@ -26,7 +26,6 @@ import torch
 import torch.nn as nn
 
 from gradnas.config import PVLLConfig  # noqa: F401  (re-exported: the pvll section)
-from gradnas.errors import GradnasError
 from gradnas.relax import gumbel_straight_through
 
 

@@ -32,7 +32,6 @@ import os
 from pathlib import Path
 
 from gradnas.config import STOP_RULES, StopConfig  # noqa: F401  (re-exported: the stop section)
-from gradnas.errors import GradnasError
 from gradnas.space.base import space_of
 from gradnas.space.genotype import genotype_from_dict, load_genotype, save_genotype
 

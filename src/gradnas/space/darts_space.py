@@ -97,7 +97,7 @@ def _numel(module) -> int:
 def _draw_cell(cell, concat, title: str):
     """Inputs c_{k-2} and c_{k-1} on the left, the intermediate nodes numbered as in the genotype string,
     one arrow per kept edge labelled with its op, every intermediate node feeding the output c_{k}."""
-    from gradnas.report.cells import digraph, op_edge  # graphviz is needed only to draw
+    from gradnas.space.drawing import digraph, op_edge  # graphviz is needed only to draw
     g = digraph(title)
     names = {0: "c_{k-2}", 1: "c_{k-1}"}
     for j in (0, 1):

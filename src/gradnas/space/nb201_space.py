@@ -87,7 +87,7 @@ class NB201Space(SearchSpace):
     def draw(self, genotype) -> dict:
         """The one cell; `none` edges (the benchmark's zeroed edges) are left out, as they carry nothing,
         and listed in the title so the cell stays readable and complete."""
-        from gradnas.report.cells import digraph, op_edge  # graphviz is needed only to draw
+        from gradnas.space.drawing import digraph, op_edge  # graphviz is needed only to draw
         zeroed = [f"{i}<-{j}" for (i, j), op in genotype.edges() if op == "none"]
         g = digraph("cell" + (f" (none: {', '.join(zeroed)})" if zeroed else ""))
         last = len(genotype.nodes)

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 from gradnas.errors import GradnasError
+from gradnas.run import GENOTYPE_FILE, SUMMARY_FILE
 from gradnas.space.genotype import load_genotype
 
-GENOTYPE_FILE, SUMMARY_FILE = "genotype.json", "summary.json"  # as a search run folder writes them
 SIZE_INDEX = Path("sizes") / "index.json"
 
 

@@ -33,8 +33,7 @@ from gradnas import distributed
 from gradnas.callbacks import check_callback_names
 from gradnas.data.sources import dataset_key
 from gradnas.errors import GradnasError
-from gradnas.run import (CHECKPOINT_FILE, CONFIG_FILE, GENOTYPE_FILE, METRICS_FILE, NETWORK_FILE,  # noqa: F401
-                         SUMMARY_FILE, CheckpointMismatch, Harness, set_threads)
+from gradnas.run import GENOTYPE_FILE, NETWORK_FILE, CheckpointMismatch, Harness, set_threads
 from gradnas.space import build_network
 from gradnas.space.darts_network import count_params_m
 from gradnas.space.genotype import Genotype, load_genotype, save_genotype
