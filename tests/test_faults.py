@@ -67,11 +67,11 @@ def test_search_signal_mid_epoch_checkpoints_that_step_and_resumes_exactly(tmp_p
                             nb201={"cells_per_stage": 1, "channels": 4})
     full = Search(cfg, tmp_path / "full", progress=False)
     full.run()
-    steps = len(full.batches)
+    steps = len(full.algorithm.batches)
     assert steps == 3
 
     stopped = Search(cfg, tmp_path / "run", progress=False)
-    _signal_at(stopped.method, "step", steps + 2, signal.SIGTERM)  # during the 2nd step of epoch 2
+    _signal_at(stopped.algorithm.method, "step", steps + 2, signal.SIGTERM)  # during the 2nd step of epoch 2
     with pytest.raises(Interrupted, match=r"(?s)SIGTERM in epoch 2/2 after step 2/3.*gradnas search --resume") as exc:
         stopped.run(stop_on_signal=True)
     assert exc.value.exit_code == 128 + signal.SIGTERM
@@ -89,7 +89,7 @@ def test_search_signal_mid_epoch_checkpoints_that_step_and_resumes_exactly(tmp_p
 def test_search_signal_on_the_last_step_stops_at_the_epoch_boundary(tmp_path):
     cfg = search_config(epochs=2)
     stopped = Search(cfg, tmp_path, progress=False)
-    _signal_at(stopped.method, "step", 3, signal.SIGINT)  # the last step of epoch 1
+    _signal_at(stopped.algorithm.method, "step", 3, signal.SIGINT)  # the last step of epoch 1
     with pytest.raises(Interrupted, match="SIGINT after epoch 1/2; its checkpoint is saved"):
         stopped.run(stop_on_signal=True)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -100,13 +100,13 @@ def test_search_signal_on_the_last_step_stops_at_the_epoch_boundary(tmp_path):
 def test_second_signal_stops_at_once(tmp_path):
     cfg = search_config(epochs=1)
     run = Search(cfg, tmp_path, progress=False)
-    inner = run.method.step
+    inner = run.algorithm.method.step
 
     def twice(*args):
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
         return inner(*args)
-    run.method.step = twice
+    run.algorithm.method.step = twice
     with pytest.raises(KeyboardInterrupt):
         run.run(stop_on_signal=True)
     assert not (tmp_path / "checkpoint.pt").exists()  # stopped before any checkpoint: nothing half-written
@@ -122,7 +122,7 @@ def test_training_signal_mid_epoch_resumes_exactly(tmp_path, folder, jpeg_folder
     assert steps >= 2
 
     stopped = Training(cfg, GENO, tmp_path / "run", progress=False)
-    _signal_at(stopped, "_loss", steps + 1, signal.SIGINT)  # epoch 2, step 1 (cutout, drop path drawn)
+    _signal_at(stopped.trainer, "_loss", steps + 1, signal.SIGINT)  # epoch 2, step 1 (cutout, drop path drawn)
     with pytest.raises(Interrupted, match=rf"(?s)SIGINT in epoch 2/2 after step 1/{steps}.*gradnas train --resume"):
         stopped.run(stop_on_signal=True)
     resumed = Training(cfg, GENO, tmp_path / "run", resume=True, progress=False)

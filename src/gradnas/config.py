@@ -39,7 +39,6 @@ from gradnas.space.darts import DartsSpaceConfig
 from gradnas.space.nb201 import NB201SpaceConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-STOP_RULES = ("at_size", "when_smaller")
 _EDGE_SPEC = re.compile(r"^\s*([a-z]+|-?\d+)\s*:\s*(\d+)\s*<-\s*(\d+|\*)\s*$")
 
 

@@ -212,9 +212,11 @@ class Harness:
                 raise GradnasError(f"callbacks must be gradnas.callbacks.Callback instances, got {type(cb).__name__}")
         self.callbacks = [*callbacks, MetricsWriter()]
         keys = [cb.key() for cb in self.callbacks if cb.state_dict() is not None]
-        if len(set(keys)) != len(keys):
-            raise GradnasError(f"two callbacks keep their state under the same key ({sorted(keys)}); give one of "
-                               "them another state_key")
+        taken = {"format", "config", job.unit, *job.state_dict()}  # the checkpoint's own keys
+        clash = sorted({k for k in keys if keys.count(k) > 1 or k in taken})
+        if clash:
+            raise GradnasError(f"callback state key(s) {', '.join(clash)} clash with another callback's or with the "
+                               "checkpoint's own keys; give the callback another state_key")
         state = self.folder.resume_point(unit=job.unit, map_location=device, main=self.is_main) if resume else None
         if state is not None:
             self._load(state)

@@ -27,11 +27,10 @@ A rule set when a search is resumed applies to the epochs that follow.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from gradnas.config import STOP_RULES, StopConfig  # noqa: F401  (re-exported: the stop section)
+from gradnas.config import StopConfig
+from gradnas.run import write_json
 from gradnas.space.base import space_of
 from gradnas.space.genotype import genotype_from_dict, load_genotype, save_genotype
 
@@ -136,9 +135,7 @@ class SizeTracker:
             for path in folder.glob("size-*.json"):
                 if path.name not in kept:
                     path.unlink()
-        tmp = folder / (INDEX_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.index(), indent=1) + "\n")
-        os.replace(tmp, folder / INDEX_FILE)
+        write_json(folder / INDEX_FILE, self.index(), indent=1)
         self._changed.clear()
 
     # -- checkpoint

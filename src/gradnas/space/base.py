@@ -16,6 +16,7 @@ import dataclasses
 from typing import Callable, NamedTuple
 
 from gradnas.errors import GradnasError
+from gradnas.registry import RESERVED_KEYS, register_section, unregister_section
 
 # name -> the registered SearchSpace object
 SPACES: dict = {}
@@ -158,8 +159,17 @@ def register_space(space) -> SearchSpace:
     if space.section in taken:
         raise GradnasError(f"register_space: config section {space.section!r} belongs to space "
                            f"{taken[space.section]!r} already; give space {space.name!r} its own section")
+    if space.section not in RESERVED_KEYS:  # a plug-in space: SearchConfig reads its section through it
+        register_section(space.section, space.config_class, f"space {space.name}")
     SPACES[space.name] = space
     return space
+
+
+def unregister_space(name: str) -> None:
+    """Remove a registered space and its config section (tests, interactive sessions)."""
+    space = SPACES.pop(name, None)
+    if space is not None and space.section not in RESERVED_KEYS:
+        unregister_section(space.section)
 
 
 def _malformed(space: SearchSpace) -> str | None:
