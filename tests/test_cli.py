@@ -324,3 +324,30 @@ def test_sweep_passes_its_plugins_on_to_every_search(plugin, tmp_path, monkeypat
     assert main(["sweep", "--out", str(out), "--methods", "darts", "--relax", "plugged", *TINY,
                  "--plugin", str(path.relative_to(tmp_path))]) == 0, (out / "darts-s0" / "search.log").read_text()
     assert "plugin gradnas_plug_sweep imported" in (out / "darts-s0" / "search.log").read_text()
+
+
+def test_a_setting_is_refused_by_name_of_the_component_that_would_read_it(tmp_path):
+    """Flags and --set are checked against the components that read them; so are the keys of a config file
+    the user chose (but not the other spaces' and relaxations' sections a file may hold, nor the built-in
+    default config, which serves every method)."""
+    from gradnas.errors import GradnasError
+    from gradnas.overrides import resolve_search_config
+    flags = {"method": "darts", "lam": 5.0}
+    with pytest.raises(GradnasError, match="lambda is read by method milenas, but this search uses method 'darts'"):
+        resolve_search_config(None, flags, [])
+    with pytest.raises(GradnasError, match="epochs is read by the epoch loop of methods darts, milenas, single-level, "
+                                           "but this search uses method 'pvll': its budget is pvll.steps"):
+        resolve_search_config(None, {"method": "pvll"}, ["epochs=33"])
+    with pytest.raises(GradnasError, match="pvll.steps configures method pvll, but this search uses method 'darts'"):
+        resolve_search_config(None, {"method": "darts"}, ["pvll.steps=3"])
+    with pytest.raises(GradnasError, match="xi is read by method darts"):
+        resolve_search_config(None, {"method": "single-level"}, ["xi=0.1", "order=2"])
+    assert resolve_search_config(None, {"method": "pvll"}, []).epochs == 5  # quick's, not the user's: not read
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("method: darts\nlambda: 5\n")
+    with pytest.raises(GradnasError, match="lambda is read by method milenas"):
+        resolve_search_config(str(mine), {}, [])
+    mine.write_text("method: darts\nspace: nb201\nsupernet: {cells: 5}\ngumbel: {tau_max: 3}\n")
+    assert resolve_search_config(str(mine), {}, []).supernet.cells == 5  # sections of other spaces / relaxations
+    with pytest.raises(GradnasError, match="supernet.cells configures the darts space, but this search uses space"):
+        resolve_search_config(str(mine), {}, ["supernet.cells=4"])

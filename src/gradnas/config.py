@@ -511,12 +511,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_components(cfg: SearchConfig, claims, *, given=None) -> None:
+def check_components(cfg: SearchConfig, claims, *, given=None, file_keys=()) -> None:
     """Refuse a setting that only components this search does not run would read, naming the one that would.
 
-    ``given``: the dotted keys the user set explicitly (the command line: its flags and ``--set``); only they
-    are checked, since a config file may hold settings for several components (the shipped ``quick`` config
-    serves every method). ``given=None`` (a config built in Python): a key counts as set when its value
+    ``given``: the dotted keys the user set explicitly (the command line: its flags and ``--set``), and
+    ``file_keys``: the keys of the config file the user chose (``--config``), checked against every claim but
+    the sections of spaces and relaxations, which one file may hold for several of them; nothing else is
+    checked (the built-in default config, ``quick``, serves every method). ``given=None`` (a config built in Python): a key counts as set when its value
     differs from the default, except in the sections of spaces and relaxations (non-strict claims), which one
     config may hold for several of them. Keys no component claims (the common ones: space, method, relax,
     order, batch_size, seed, device, threads, data, w_optim) are always read."""
@@ -525,13 +526,15 @@ def check_components(cfg: SearchConfig, claims, *, given=None) -> None:
     spelled = {"lam": "lambda"}
     by_value = given is None
     given = {spelled.get(k, k) for k in given or ()}
+    file_keys = {spelled.get(k, k) for k in file_keys}
     for key in sorted(values):
         readers = [c for c in claims if any(key == k or key.startswith(k + ".") for k in c.keys)]
         if not readers or any(c.active for c in readers):
             continue
         c = readers[0]
         explicit = any(key == g or key.startswith(g + ".") for g in given)
-        if not explicit and not (by_value and c.strict and defaults.get(key, _UNSET) != values[key]):
+        in_file = c.strict and any(key == g or key.startswith(g + ".") for g in file_keys)
+        if not (explicit or in_file or (by_value and c.strict and defaults.get(key, _UNSET) != values[key])):
             continue
         verb = "configures" if c.section else "is read by"
         raise GradnasError(f"config: {key} {verb} {c.owner}, but {c.reason}{': ' + c.hint if c.hint else ''}; "

@@ -85,11 +85,12 @@ def given_keys(d: dict, flags: Mapping[str, object], sets: Sequence[str]) -> lis
 
 
 def search_config(base: dict, flags: Mapping[str, object], sets: Sequence[str], *,
-                  check: bool = True) -> SearchConfig:
+                  check: bool = True, file_keys=()) -> SearchConfig:
     """The SearchConfig of ``base`` with the flags and sets applied (:func:`apply_search_overrides`; ``base``
     is changed in place). Refuses what the search would otherwise ignore: --epochs with pvll, a PVLL
     ablation flag with another method, and (``check``) any setting no component of the search reads, given
-    by a flag or a set or differing from its default (``gradnas.search.loop.check_search_config``)."""
+    by a flag or a set, or (``file_keys``) held by the user's config file (see
+    ``gradnas.config.check_components``)."""
     from gradnas.search.loop import check_search_config
     given = given_keys(base, flags, sets)
     cfg = SearchConfig.from_dict(apply_search_overrides(base, flags, sets))
@@ -100,14 +101,17 @@ def search_config(base: dict, flags: Mapping[str, object], sets: Sequence[str], 
     if ablations and cfg.method != "pvll":
         raise GradnasError(f"--{_flag(ablations[0])} is a PVLL-NAS ablation; use it with --method pvll")
     if check:
-        check_search_config(cfg, given=given)
+        check_search_config(cfg, given=given, file_keys=file_keys)
     return cfg
 
 
 def resolve_search_config(config: str | None, flags: Mapping[str, object], sets: Sequence[str]) -> SearchConfig:
     """The SearchConfig of a YAML file or shipped config name (default: :data:`DEFAULT_CONFIG`), then the
-    flags, then the sets (:func:`search_config`)."""
-    return search_config(load_yaml(config or DEFAULT_CONFIG), flags, sets)
+    flags, then the sets (:func:`search_config`). The keys of a config the user chose count as set by the user;
+    those of the built-in default do not (it serves every method)."""
+    from gradnas.config import flatten
+    base = load_yaml(config or DEFAULT_CONFIG)
+    return search_config(base, flags, sets, file_keys=list(flatten(base)) if config else ())
 
 
 def saved_search_config(run_dir) -> SearchConfig:

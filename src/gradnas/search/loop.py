@@ -82,7 +82,7 @@ def component_claims(cfg: SearchConfig, algorithm: type) -> list:
     return claims
 
 
-def check_search_config(cfg: SearchConfig, *, given=None, components: bool = True) -> type:
+def check_search_config(cfg: SearchConfig, *, given=None, file_keys=(), components: bool = True) -> type:
     """Fail fast, before any data is read, on unknown names, on a setting that no component of this search
     reads (``given``: the dotted keys the user set explicitly, or None to count every non-default value: see
     gradnas.config.check_components; ``components=False`` skips this, for a resumed search whose config is
@@ -93,7 +93,7 @@ def check_search_config(cfg: SearchConfig, *, given=None, components: bool = Tru
         method_class(name)
     algorithm = algorithm_class(cfg)
     if components:
-        check_components(cfg, component_claims(cfg, algorithm), given=given)
+        check_components(cfg, component_claims(cfg, algorithm), given=given, file_keys=file_keys)
     algorithm.check_config(cfg)
     dataset_key(cfg.data.dataset)
     check_callback_names(cfg.callbacks)
