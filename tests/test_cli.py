@@ -327,9 +327,9 @@ def test_sweep_passes_its_plugins_on_to_every_search(plugin, tmp_path, monkeypat
 
 
 def test_a_setting_is_refused_by_name_of_the_component_that_would_read_it(tmp_path):
-    """Flags and --set are checked against the components that read them; so are the keys of a config file
-    the user chose (but not the other spaces' and relaxations' sections a file may hold, nor the built-in
-    default config, which serves every method)."""
+    """Flags and --set are checked against the components that read them; so are the non-default settings of
+    a config file the user chose (but not the other spaces' and relaxations' sections a file may hold, nor the
+    built-in default config, which serves every method)."""
     from gradnas.errors import GradnasError
     from gradnas.overrides import resolve_search_config
     flags = {"method": "darts", "lam": 5.0}
@@ -347,6 +347,8 @@ def test_a_setting_is_refused_by_name_of_the_component_that_would_read_it(tmp_pa
     mine.write_text("method: darts\nlambda: 5\n")
     with pytest.raises(GradnasError, match="lambda is read by method milenas"):
         resolve_search_config(str(mine), {}, [])
+    mine.write_text("method: darts\nlambda: 1.0\nepochs: 3\n")  # a resolved config dump: defaults are no choice
+    assert resolve_search_config(str(mine), {}, []).epochs == 3
     mine.write_text("method: darts\nspace: nb201\nsupernet: {cells: 5}\ngumbel: {tau_max: 3}\n")
     assert resolve_search_config(str(mine), {}, []).supernet.cells == 5  # sections of other spaces / relaxations
     with pytest.raises(GradnasError, match="supernet.cells configures the darts space, but this search uses space"):

@@ -515,9 +515,9 @@ def check_components(cfg: SearchConfig, claims, *, given=None, file_keys=()) -> 
     """Refuse a setting that only components this search does not run would read, naming the one that would.
 
     ``given``: the dotted keys the user set explicitly (the command line: its flags and ``--set``), and
-    ``file_keys``: the keys of the config file the user chose (``--config``), checked against every claim but
-    the sections of spaces and relaxations, which one file may hold for several of them; nothing else is
-    checked (the built-in default config, ``quick``, serves every method). ``given=None`` (a config built in Python): a key counts as set when its value
+    ``file_keys``: the settings of the config file the user chose (``--config``) that differ from their
+    defaults, checked against every claim but the sections of spaces and relaxations, which one file may hold
+    for several of them; nothing else is checked (the built-in default config, ``quick``, serves every method). ``given=None`` (a config built in Python): a key counts as set when its value
     differs from the default, except in the sections of spaces and relaxations (non-strict claims), which one
     config may hold for several of them. Keys no component claims (the common ones: space, method, relax,
     order, batch_size, seed, device, threads, data, w_optim) are always read."""

@@ -107,11 +107,13 @@ def search_config(base: dict, flags: Mapping[str, object], sets: Sequence[str], 
 
 def resolve_search_config(config: str | None, flags: Mapping[str, object], sets: Sequence[str]) -> SearchConfig:
     """The SearchConfig of a YAML file or shipped config name (default: :data:`DEFAULT_CONFIG`), then the
-    flags, then the sets (:func:`search_config`). The keys of a config the user chose count as set by the user;
-    those of the built-in default do not (it serves every method)."""
+    flags, then the sets (:func:`search_config`). The settings of a config the user chose that differ from
+    their defaults count as set by the user; those of the built-in default do not (it serves every method)."""
     from gradnas.config import flatten
     base = load_yaml(config or DEFAULT_CONFIG)
-    return search_config(base, flags, sets, file_keys=list(flatten(base)) if config else ())
+    defaults = flatten(SearchConfig().to_dict())
+    chosen = [k for k, v in flatten(base).items() if config and defaults.get("lambda" if k == "lam" else k) != v]
+    return search_config(base, flags, sets, file_keys=chosen)
 
 
 def saved_search_config(run_dir) -> SearchConfig:
@@ -133,12 +135,17 @@ def resumed_search_config(run_dir, saved: SearchConfig, flags: Mapping[str, obje
     """``saved`` (:func:`saved_search_config`) with the flags and sets applied; refuses any change but
     where it runs and when it stops (config.RESUMABLE_KEYS)."""
     cfg = search_config(saved.to_dict(), flags, sets, check=False)  # the folder's config was checked when it began
+    _refuse_changes(saved, cfg, f"{run_dir} was searched with", "a resumed search keeps its config")
+    return cfg
+
+
+def _refuse_changes(saved, cfg, was: str, keeps: str) -> None:
+    """The first setting a resume may not change (config.RESUMABLE_KEYS), as one error."""
     diff = resume_conflicts(saved.to_dict(), cfg.to_dict())
     if diff:
         key, old, new = diff[0]
-        raise GradnasError(f"{run_dir} was searched with {key}={old!r}, not {new!r}; a resumed search keeps "
-                           "its config (only --device and --threads may change). Start a new --out instead.")
-    return cfg
+        raise GradnasError(f"{was} {key}={old!r}, not {new!r}; {keeps} (only --device and --threads may change). "
+                           "Start a new --out instead.")
 
 
 def genotype_space_config(config: str | None, space: str | None, sets: Sequence[str],
@@ -205,11 +212,7 @@ def resumed_train_config(run_dir, saved, flags: Mapping[str, object], sets: Sequ
     """``saved`` (:func:`saved_train_config`) with the flags and sets applied; refuses any change but where
     it runs (config.RESUMABLE_KEYS)."""
     cfg = train_config(saved.to_dict(), flags, sets)
-    diff = resume_conflicts(saved.to_dict(), cfg.to_dict())
-    if diff:
-        key, old, new = diff[0]
-        raise GradnasError(f"{run_dir} was trained with {key}={old!r}, not {new!r}; a resumed run keeps its "
-                           "setting (only --device and --threads may change). Start a new --out instead.")
+    _refuse_changes(saved, cfg, f"{run_dir} was trained with", "a resumed run keeps its setting")
     return cfg
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from gradnas.errors import GradnasError
+from gradnas.signals import Interrupted
 
 
 class Command(NamedTuple):
@@ -47,3 +48,22 @@ def is_dir(text: str) -> bool:
 def speaker(is_main: bool) -> Callable:
     """print on the main process; under torchrun the other processes stay silent."""
     return print if is_main else (lambda *a, **k: None)
+
+
+def drive(run, *, resumed: bool, say: Callable) -> dict | int:
+    """Run a search or training harness (``gradnas.run.Harness``) the CLI's way: say where a resumed run
+    continues, stop cleanly on SIGINT / SIGTERM (the message names the resume command). Returns the summary, or
+    the exit code of an interrupted run."""
+    unit, total = run.job.unit, run.job.units()
+    if resumed:
+        mid = f" and step {run.step} of {unit} {run.done + 1}" if run.step else ""
+        say(f"resuming {run.out} after {unit} {run.done}/{total}{mid}", file=sys.stderr)
+    try:
+        return run.run(stop_on_signal=True)
+    except Interrupted as stop:
+        say(f"\ngradnas: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:
+        say(f"\ninterrupted; the last finished {unit} ({run.done}) is saved. Continue with:\n"
+            f"  gradnas {run.command} --resume {run.out}", file=sys.stderr)
+        return 130

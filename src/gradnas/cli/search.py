@@ -7,10 +7,9 @@ from datetime import datetime
 from pathlib import Path
 
 from gradnas import overrides
-from gradnas.cli.common import speaker
+from gradnas.cli.common import drive, speaker
 from gradnas.cli.plugins import portable
 from gradnas.errors import GradnasError
-from gradnas.signals import Interrupted
 
 
 def add_search_parser(sub):
@@ -172,19 +171,9 @@ def run_search(args) -> int:
         explicit = overrides.given_keys(cfg.to_dict(), search_flags(args), args.set)  # checked as the CLI's
         search = Search(cfg, out, resume=bool(args.resume), progress=not args.quiet, explicit_keys=explicit)
         unit, total = search.job.unit, search.job.units()
-        done = (f"{unit} {search.done}/{total}" +
-                (f" and step {search.step} of {unit} {search.done + 1}" if search.step else ""))
-        if args.resume:
-            say(f"resuming {out} after {done}", file=sys.stderr)
-        try:
-            summary = search.run(stop_on_signal=True)
-        except Interrupted as stop:
-            say(f"\ngradnas: {stop}", file=sys.stderr)
-            return stop.exit_code
-        except KeyboardInterrupt:
-            say(f"\ninterrupted; the last finished {unit} ({search.done}) is saved. Continue with:\n"
-                f"  gradnas search --resume {out}", file=sys.stderr)
-            return 130
+        summary = drive(search, resumed=bool(args.resume), say=say)
+        if isinstance(summary, int):
+            return summary
     finally:
         distributed.shutdown()
     if "stop" in summary:

@@ -7,9 +7,8 @@ from datetime import datetime
 from pathlib import Path
 
 from gradnas import overrides
-from gradnas.cli.common import speaker
+from gradnas.cli.common import drive, speaker
 from gradnas.errors import GradnasError
-from gradnas.signals import Interrupted
 
 
 def add_parser(sub):
@@ -87,18 +86,9 @@ def run(args) -> int:
         say(f"genotype ({source}): {genotype}", file=sys.stderr)
         say(f"network: {training.params_m:.3f}M parameters (auxiliary head excluded), {training.macs_m:.1f}M "
             f"multiply-adds per {training.data.channels}x{h}x{w} image", file=sys.stderr)
-        if args.resume:
-            mid = f" and step {training.step} of epoch {training.epoch + 1}" if training.step else ""
-            say(f"resuming {out} after epoch {training.epoch}/{cfg.epochs}{mid}", file=sys.stderr)
-        try:
-            summary = training.run(stop_on_signal=True)
-        except Interrupted as stop:
-            say(f"\ngradnas: {stop}", file=sys.stderr)
-            return stop.exit_code
-        except KeyboardInterrupt:
-            say(f"\ninterrupted; the last finished epoch ({training.epoch}) is saved. Continue with:\n"
-                f"  gradnas train --resume {out}", file=sys.stderr)
-            return 130
+        summary = drive(training, resumed=bool(args.resume), say=say)
+        if isinstance(summary, int):
+            return summary
     finally:
         distributed.shutdown()
     say(f"params: {summary['params_m']:.3f}M  multiply-adds: {summary['macs_m']:.1f}M")
