@@ -29,6 +29,7 @@ from tqdm import tqdm
 from gradnas import distributed
 from gradnas.callbacks import Callback, MetricsWriter, build_callbacks
 from gradnas.checkpoint import keep_metrics_until, metrics_until, resume_point, save_checkpoint
+from gradnas.config import resume_conflicts
 from gradnas.errors import GradnasError
 from gradnas.signals import Interrupted, StopOnSignal
 
@@ -252,7 +253,6 @@ class Harness:
             self.folder.file(SUMMARY_FILE).unlink()  # continued (e.g. past a stop): no longer finished
 
     def _check_same_config(self, state: dict) -> None:
-        from gradnas.config import resume_conflicts
         # Read back through the config class: a key the checkpoint's gradnas did not have yet means its default.
         diff = resume_conflicts(self.config_class.from_dict(state["config"]).to_dict(), self.cfg.to_dict())
         if diff:

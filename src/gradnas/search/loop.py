@@ -29,7 +29,6 @@ from gradnas.run import SPLIT_FILE, Harness, set_threads
 from gradnas.search.algorithm import METHODS, SearchAlgorithm, method_class
 from gradnas.search.gradient import GradientSearch, build_optimizers  # noqa: F401  (public here too)
 from gradnas.search.methods import ArchOptimizer
-from gradnas.search.pvll_search import PVLLSearch  # noqa: F401  (registers method pvll)
 from gradnas.space import SPACES, get_space
 
 

@@ -327,7 +327,7 @@ class PVLLSearch(SearchAlgorithm):
     def progress_line(self, record: dict) -> str | None:
         phase, i = self.plan[record["epoch"] - 1]
         if phase == "search" and (i + 1) % 10 == 0 or record["epoch"] == len(self.plan):
-            bench = (f"  {self.benchmark[0]} {format_benchmark(self.benchmark[1](self.last_genotype))}"
-                     if self.benchmark else "")
+            bench = (f"  {self.benchmark[0]} {format_benchmark(record[self.benchmark[0]])}"
+                     if self.benchmark and self.benchmark[0] in record else "")  # BenchmarkLookup's figures
             return f"pvll step {i + 1}/{self.cfg.pvll.search_steps}  {self.last_genotype}{bench}"
         return None

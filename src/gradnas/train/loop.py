@@ -95,9 +95,7 @@ class Training(Harness):
         distributed.run_on_main(lambda: self._prepare_folder(resume))
         self.trainer = Trainer(cfg, genotype, device=device, world=self.world)
         self._attach(self.trainer, [], callbacks, resume=resume, device=device)
-        if resume and self.done == 0 and self.is_main:  # stopped before its first checkpoint (maybe this file too)
-            self.folder.write_json(NETWORK_FILE, self.trainer.network_info())
-        elif not resume and self.is_main:
+        if self.is_main and (not resume or self.done == 0):  # new, or stopped before its first checkpoint
             self.folder.write_json(NETWORK_FILE, self.trainer.network_info())
 
     @property
