@@ -32,7 +32,10 @@ def drop_path(x: torch.Tensor, prob: float, generator: torch.Generator | None = 
     if prob <= 0.0:
         return x
     keep = 1.0 - prob
-    gen_device = generator.device if generator is not None else x.device
+    if torch.jit.is_scripting():  # (decided when compiling) a scripted Generator has no .device
+        gen_device = x.device
+    else:
+        gen_device = generator.device if generator is not None else x.device
     mask = torch.rand(x.shape[0], 1, 1, 1, generator=generator, device=gen_device).to(x.device) < keep
     return x * mask.to(x.dtype) / keep
 
@@ -50,19 +53,22 @@ class EvalCell(nn.Module):
         # affine=True: evaluation networks learn their BN scale and shift (search networks do not).
         self.ops = nn.ModuleList(OPS[name](c, 2 if reduction and j < 2 else 1, True) for name, j in cell)
         self.multiplier = len(self.concat)
+        # DARTS drops every op but the identity (dropping a skip connection would cut the path).
+        self.droppable = [not isinstance(op, Identity) for op in self.ops]
 
-    def forward(self, s0, s1, drop_prob: float = 0.0, generator: torch.Generator | None = None):
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
-        for node in range(len(self.ops) // 2):
-            out = None
-            for k in (2 * node, 2 * node + 1):
-                op = self.ops[k]
-                h = op(states[self.inputs[k]])
-                # DARTS drops every op but the identity (dropping a skip connection would cut the path).
-                if self.training and drop_prob > 0 and not isinstance(op, Identity):
-                    h = drop_path(h, drop_prob, generator)
-                out = h if out is None else out + h
-            states.append(out)
+        first = states[0]  # the node's first op output, while its second is computed
+        # One pass over the ops (edges 2n and 2n+1 feed node n + 2), the form TorchScript can unroll.
+        for k, op in enumerate(self.ops):
+            h = op(states[self.inputs[k]])
+            if self.training and drop_prob > 0 and self.droppable[k]:
+                h = drop_path(h, drop_prob, generator)
+            if k % 2 == 0:
+                first = h
+            else:
+                states.append(first + h)
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
@@ -155,16 +161,19 @@ class DartsNetwork(nn.Module):
         self.auxiliary_head = AuxiliaryHead(c_aux, num_classes) if auxiliary else None
         self.classifier = nn.Linear(c_p, num_classes)
 
-    def forward(self, x: torch.Tensor, *, return_aux: bool = False):
+    def forward(self, x: torch.Tensor, return_aux: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         s0 = self.stem(x)
         s1 = self.stem1(s0) if self.stem1 is not None else s0
-        aux = None
+        aux: torch.Tensor | None = None
         for k, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob, self.drop_path_generator)
             if k == self.aux_position and self.auxiliary_head is not None and self.training and return_aux:
                 aux = self.auxiliary_head(s1)
         logits = self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
-        return (logits, aux) if return_aux else logits
+        if return_aux:
+            return logits, aux
+        return logits
 
     def main_parameters(self) -> list:
         """Every parameter but the auxiliary head's: what the papers count as the model size."""

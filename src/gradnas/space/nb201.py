@@ -187,17 +187,27 @@ class NB201Cell(nn.Module):
 
     def __init__(self, genotype: NB201Genotype, c: int):
         super().__init__()
-        self.edges = nn.ModuleDict({f"{i}_{j}": OPS[op](c, 1, True) for (i, j), op in genotype.edges()
-                                    if op != "none"})
+        kept = [(i, j, op) for (i, j), op in genotype.edges() if op != "none"]  # target ascending, then source
+        self.edges = nn.ModuleDict({f"{i}_{j}": OPS[op](c, 1, True) for i, j, op in kept})
+        self.targets = [i for i, _, _ in kept]
+        self.sources = [j for _, j, _ in kept]
+        self.nodes = NB201_NODES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One pass over the kept edges (the form TorchScript can unroll): node i is the sum of its edges'
+        # outputs in source order, or zeros when every edge into it is `none`.
         states = [x]
-        for i in range(1, NB201_NODES):
-            terms = [self.edges[f"{i}_{j}"](states[j]) for j in range(i) if f"{i}_{j}" in self.edges]
-            node = terms[0] if terms else torch.zeros_like(x)
-            for t in terms[1:]:
-                node = node + t
-            states.append(node)
+        node, started = x, False  # the sum so far of the current target's edges (when started)
+        for k, op in enumerate(self.edges.values()):
+            while len(states) < self.targets[k]:  # every edge into the nodes before this target is done
+                states.append(node if started else torch.zeros_like(x))
+                started = False
+            h = op(states[self.sources[k]])
+            node = node + h if started else h
+            started = True
+        while len(states) < self.nodes:
+            states.append(node if started else torch.zeros_like(x))
+            started = False
         return states[-1]
 
 

@@ -184,7 +184,15 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor |
     return F.batch_norm(x, bn.running_mean, bn.running_var, weight, None, use_batch_stats, momentum, bn.eps)
 
 
-class ReLUConvBN(nn.Module):
+class _ScalesInBN(nn.Module):
+    """An op ending in ``self.bn`` that takes the supernet's relaxed weight as ``scale``."""
+
+    @torch.jit.unused  # the supernet's path; evaluation networks (and so scripted ones) pass no scale
+    def _scaled_bn(self, y, scale):  # (unannotated: TorchScript reads an unused method's types as Tensors)
+        return scaled_batch_norm(self.bn, y, scale)
+
+
+class ReLUConvBN(_ScalesInBN):
     """ReLU -> conv -> BN: the preprocessing of DARTS cell inputs and NAS-Bench-201's nor_conv ops."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True):
@@ -193,7 +201,8 @@ class ReLUConvBN(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor, pre_activated: bool = False, scale: torch.Tensor | None = None) -> torch.Tensor:
-        return scaled_batch_norm(self.bn, self.conv(x if pre_activated else F.relu(x)), scale)
+        y = self.conv(x if pre_activated else F.relu(x))
+        return self.bn(y) if scale is None else self._scaled_bn(y, scale)
 
 
 class ResNetBlock(nn.Module):
@@ -217,7 +226,7 @@ class ResNetBlock(nn.Module):
         return self.shortcut(x) + self.conv_b(self.conv_a(x))
 
 
-class DilConv(nn.Module):
+class DilConv(_ScalesInBN):
     """ReLU -> depthwise (dilated) conv -> pointwise conv -> BN."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, dilation: int, affine: bool = True):
@@ -228,12 +237,16 @@ class DilConv(nn.Module):
 
     def forward(self, x: torch.Tensor, pre_activated: bool = False, scale: torch.Tensor | None = None) -> torch.Tensor:
         x = x if pre_activated else F.relu(x)
+        # A scripted network (inference) runs the plain convs: the same numbers without the autograd.Function.
+        y = self.pointwise(self.depthwise(x)) if torch.jit.is_scripting() else self._eager_convs(x)
+        return self.bn(y) if scale is None else self._scaled_bn(y, scale)
+
+    @torch.jit.unused
+    def _eager_convs(self, x):  # (unannotated: TorchScript reads an unused method's types as Tensors)
         if torch.is_grad_enabled() and not _TWICE_DIFFERENTIABLE:
-            y = _DepthwisePointwise.apply(x, self.depthwise.weight, self.pointwise.weight, self.depthwise.stride[0],
-                                          self.depthwise.dilation[0])
-        else:
-            y = self.pointwise(self.depthwise(x))
-        return scaled_batch_norm(self.bn, y, scale)
+            return _DepthwisePointwise.apply(x, self.depthwise.weight, self.pointwise.weight, self.depthwise.stride[0],
+                                             self.depthwise.dilation[0])
+        return self.pointwise(self.depthwise(x))
 
 
 class SepConv(nn.Module):
