@@ -33,7 +33,11 @@ def guarded(run: Callable[[], int]) -> int:
 
 
 def read_genotype(text: str):
-    """A genotype from a string, a JSON file or a run folder (its genotype.json)."""
+    """A genotype from a string of any form, a published cell's name (DARTS_V2), a JSON file or a run folder
+    (its genotype.json). A string written as a genotype is read as one, never looked up as a path."""
+    from gradnas.space.genotype import load_genotype, looks_like_genotype
+    if looks_like_genotype(text):
+        return load_genotype(text)
     from gradnas.report.cells import read_genotype as read
     return read(text)
 

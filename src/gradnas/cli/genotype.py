@@ -1,24 +1,35 @@
-"""`gradnas genotype` (check a genotype against a space) and `gradnas lookup` (its NAS-Bench-201 accuracy)."""
+"""`gradnas genotype` (check a genotype against a space, print it in any of its forms, list the published cells)
+and `gradnas lookup` (its NAS-Bench-201 accuracy)."""
 from __future__ import annotations
 
 import sys
 
 from gradnas import overrides
 from gradnas.cli.common import read_genotype
+from gradnas.errors import GradnasError
+from gradnas.genotypes import FORMS
+from gradnas.space.published import PUBLISHED
 
-# The DARTS paper's cell (DARTS_V2), the default genotype of `gradnas bench --train`.
-DARTS_V2 = ("normal=|sep_conv_3x3~0|sep_conv_3x3~1|+|sep_conv_3x3~0|sep_conv_3x3~1|+|skip_connect~0|sep_conv_3x3~1|"
-            "+|skip_connect~0|dil_conv_3x3~2|;reduce=|max_pool_3x3~0|max_pool_3x3~1|+|max_pool_3x3~1|skip_connect~2|"
-            "+|max_pool_3x3~0|skip_connect~2|+|max_pool_3x3~1|skip_connect~2|")
+# The DARTS paper's cell (DARTS_V2), the default genotype of `gradnas bench --train`: from the table of
+# published cells (gradnas.genotypes.named()), as its canonical string.
+DARTS_V2 = PUBLISHED["DARTS_V2"].text
 
 
 def add_genotype_parser(sub):
-    p = sub.add_parser("genotype", help="check a genotype against a search space and print its canonical form",
-                       description="Read a genotype (JSON file, run folder or string), check that it fits the "
-                                   "space of --space/--config/--set (node count, op list), print it. Without "
-                                   "--space or --config the space is the genotype's own.")
-    p.add_argument("genotype", help="genotype.json, a run folder, a DARTS 'normal=|...|;reduce=|...|' or an NB-201 "
-                                    "'|op~0|+|op~0|op~1|+|op~0|op~1|op~2|' string")
+    p = sub.add_parser("genotype", help="check a genotype against a search space, print it (or convert it)",
+                       description="Read a genotype (JSON file, run folder, string of any form or the name of a "
+                                   "published cell), check that it fits the space of --space/--config/--set (node "
+                                   "count, op list), print it: its canonical form, or the form --to names. Without "
+                                   "--space or --config the space is the genotype's own. --list prints the "
+                                   "published cells.")
+    p.add_argument("genotype", nargs="?",
+                   help="genotype.json, a run folder, a DARTS 'normal=|...|;reduce=|...|' or "
+                        "\"Genotype(normal=[('sep_conv_3x3', 0), ...], ...)\", an NB-201 "
+                        "'|op~0|+|op~0|op~1|+|op~0|op~1|op~2|' string, genotype JSON text or a published name "
+                        "(DARTS_V2, ...)")
+    p.add_argument("--to", choices=FORMS, help="print it in this form: gradnas (the canonical string, the default), "
+                                                "darts (the DARTS code's Genotype(...)) or json")
+    p.add_argument("--list", action="store_true", help="list the published cells gradnas knows by name")
     p.add_argument("--config", help="config whose space section defines the space (default: quick)")
     p.add_argument("--space", help="darts or nb201 (default: the config's, or without --config the genotype's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -35,12 +46,22 @@ def add_lookup_parser(sub):
 
 
 def run_genotype(args) -> int:
+    from gradnas.genotypes import named, to_form
     from gradnas.space import check_genotype
     from gradnas.space.genotype import save_genotype
+    if args.list:
+        if args.genotype or args.to or args.json or args.config or args.space or args.set:
+            raise GradnasError("--list prints the published cells and takes no other argument; give it alone "
+                               "(then `gradnas genotype NAME` for one of them)")
+        for name, entry in named().items():
+            print(f"{name}\t{entry.genotype}\t{entry.source}")
+        return 0
+    if not args.genotype:
+        raise GradnasError("give a genotype (file, run folder, string or published name), or --list")
     geno = read_genotype(args.genotype)
     cfg = overrides.genotype_space_config(args.config, args.space, args.set, geno.space)
     geno = check_genotype(geno, cfg.space, cfg.space_config)
-    print(geno.to_string())
+    print(to_form(geno, args.to or "gradnas"))
     if args.json:
         save_genotype(geno, args.json)
         print(f"written {args.json}", file=sys.stderr)

@@ -11,6 +11,7 @@ import gradnas.space.ops as op_table  # read at call time: the op table can be e
 from gradnas.errors import GradnasError
 from gradnas.space.base import SearchSpace, SupernetCells, register_space
 from gradnas.space.darts import DartsSpaceConfig, DartsSupernet, edge_list
+from gradnas.space.darts_form import is_darts_form
 from gradnas.space.darts_network import DartsNetwork, darts_params_m
 from gradnas.space.genotype import Genotype
 
@@ -22,7 +23,7 @@ class DartsSpace(SearchSpace):
     genotype_class = Genotype
     supernet_class = DartsSupernet
     shape_keys = {"cells": "cells", "channels": "channels"}
-    string_form = "DARTS 'normal=|...|;reduce=|...|'"
+    string_form = "DARTS 'normal=|...|;reduce=|...|' or 'Genotype(normal=[...], ...)'"
     params_note = ("the genotype's cells in the search network (its cells, channels, stem and classifier; "
                    "affine-free BatchNorm, no auxiliary head), counted from the supernet's modules; not the size "
                    "of an evaluation network, which gradnas does not build yet")
@@ -36,6 +37,8 @@ class DartsSpace(SearchSpace):
     # -- genotypes
     def parse_genotype(self, text: str):
         text = str(text)
+        if is_darts_form(text):  # the DARTS code's Genotype(normal=[...], ...), as data
+            return Genotype.from_darts(text)
         return Genotype.from_string(text) if text.lstrip().startswith("normal=") else None
 
     def check_fit(self, genotype, space_cfg):

@@ -106,6 +106,26 @@ class Genotype:
         normal, reduce = (_parse_cell(parts[k], text) for k in ("normal", "reduce"))
         return cls(normal, range(2, len(normal) // 2 + 2), reduce, range(2, len(reduce) // 2 + 2))
 
+    @classmethod
+    def from_darts(cls, text: str) -> "Genotype":
+        """Read the DARTS code's ``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), ...)``
+        as data (gradnas.space.darts_form: same node numbering, nothing evaluated) and check it against the op
+        table, so a published cell with an op gradnas lacks (or a partial concat) is refused here by name."""
+        from gradnas.space.darts_form import parse_darts_form
+        d = parse_darts_form(text)
+        steps = len(d["normal"]) // 2
+        concat = {k: d[k] if d[k] is not None else range(2, steps + 2) for k in ("normal_concat", "reduce_concat")}
+        geno = cls(d["normal"], concat["normal_concat"], d["reduce"], concat["reduce_concat"])
+        if len(geno.reduce) != len(geno.normal):
+            raise GradnasError(f"DARTS genotype: the normal cell has {len(geno.normal) // 2} nodes, the reduction "
+                               f"cell {len(geno.reduce) // 2}; gradnas cells of a pair have the same node count")
+        return geno.validate(tuple(OPS), steps)
+
+    def to_darts(self) -> str:
+        """The DARTS code's form, ``Genotype(normal=[...], normal_concat=[2, 3, 4, 5], reduce=[...], ...)``."""
+        from gradnas.space.darts_form import format_darts_form
+        return format_darts_form(self.normal, self.normal_concat, self.reduce, self.reduce_concat)
+
     def validate(self, ops: Sequence[str], steps: int) -> "Genotype":
         """Raise a GradnasError if this genotype does not fit a DARTS space with these ops and steps."""
         for name, cell, concat in (("normal", self.normal, self.normal_concat),
@@ -293,24 +313,83 @@ def save_genotype(genotype, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def named_genotypes() -> dict:
+    """{name: genotype} of the published cells (gradnas.space.published), built once (a copy each call)."""
+    if not _NAMED:
+        from gradnas.space.published import PUBLISHED
+        _NAMED.update((name, load_genotype(entry.text)) for name, entry in PUBLISHED.items())
+    return dict(_NAMED)
+
+
+_NAMED: dict = {}
+
+
+def is_genotype_name(text) -> bool:
+    """True when ``text`` is the name of a published cell (gradnas.genotypes.named())."""
+    from gradnas.space.published import PUBLISHED
+    return str(text).strip() in PUBLISHED
+
+
+def looks_like_genotype(text) -> bool:
+    """True when ``text`` is written as a genotype (a registered space's string form, malformed or not, or a
+    published cell's name), so that it is never taken for a path."""
+    text = str(text)
+    for space in SPACES.values():
+        try:
+            if space.parse_genotype(text) is not None:
+                return True
+        except GradnasError:  # of this space's form, but malformed: still not a path
+            return True
+    return is_genotype_name(text) or text.lstrip().startswith("{")
+
+
 def load_genotype(source: str | os.PathLike):
-    """A genotype of any registered space from a JSON file or a string (DARTS ``normal=|...|;reduce=|...|``,
-    NB-201 ``|op~0|+|...|``; each space recognises its own form). Parsed as data, never evaluated."""
+    """A genotype of any registered space from a string (DARTS ``normal=|...|;reduce=|...|`` or the DARTS code's
+    ``Genotype(normal=[...], ...)``, NB-201 ``|op~0|+|...|``; each space recognises its own forms), the name of
+    a published cell (``DARTS_V2``; gradnas.genotypes.named()), a genotype file's JSON (text starting with
+    ``{``) or a JSON file. Parsed as data, never evaluated; a string written as a genotype is never taken for
+    a path."""
     text = str(source)
     for space in SPACES.values():
         genotype = space.parse_genotype(text)
         if genotype is not None:
             return genotype
+    if is_genotype_name(text):
+        return named_genotypes()[text.strip()]
+    if text.lstrip().startswith("{"):  # a genotype file's JSON, pasted
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GradnasError(f"genotype {_short(text)!r} looks like JSON but is not valid JSON ({exc})") from None
+        return genotype_from_dict(data, source="genotype JSON")
     path = Path(text)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. longer than a file name may be: not a file, and not a disk problem
+        is_file = False
+    if not is_file:
         forms = " or ".join(space.string_form for space in SPACES.values())
-        raise GradnasError(f"genotype {text!r} is neither a file nor a genotype string ({forms})")
+        raise GradnasError(f"genotype {_short(text)!r} is neither a file nor a genotype string ({forms}) nor the "
+                           f"name of a published cell ({_name_hint(text)})")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GradnasError(f"genotype file {path} is not valid JSON ({exc}); write it with `gradnas search` or "
                            "Genotype.to_dict()") from None
     return genotype_from_dict(data, source=str(path))
+
+
+def _short(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _name_hint(text: str) -> str:
+    import difflib
+    from gradnas.space.published import PUBLISHED
+    close = difflib.get_close_matches(text.strip(), list(PUBLISHED), n=3)
+    if close:
+        return "did you mean " + ", ".join(close) + "?"
+    return "e.g. DARTS_V2; `gradnas genotype --list` lists them"
 
 
 # ---- helpers -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gradnas.errors import GradnasError
 from gradnas.run import GENOTYPE_FILE, SUMMARY_FILE
-from gradnas.space.genotype import load_genotype
+from gradnas.space.genotype import load_genotype, looks_like_genotype
 
 SIZE_INDEX = Path("sizes") / "index.json"
 
@@ -31,7 +31,7 @@ def parse_size(text: str) -> tuple:
 def genotype_from_source(source: str, *, size: tuple | None = None) -> tuple:
     """(genotype, where it came from) for a genotype file, string or run folder (see the module doc)."""
     text = str(source)
-    if text.lstrip().startswith(("normal=", "|")):  # a DARTS or an NB-201 genotype string
+    if looks_like_genotype(text):  # a genotype string of any form or a published name: never a path
         if size is not None:
             raise GradnasError("--size picks a genotype from a search run folder; it does not go with a genotype string")
         return load_genotype(text), "genotype string"
