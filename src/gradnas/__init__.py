@@ -2,7 +2,9 @@
 
 The extension points are reachable from here (loaded on first use, so ``import gradnas`` stays cheap):
 ``register_op``, ``register_dataset``, ``register_method``, ``register_relaxation``, ``register_space``,
-``register_callback``, ``Callback``, ``Search``, ``Training``, ``SearchConfig``, ``TrainConfig``.
+``register_callback``, ``Callback``, ``Search``, ``Training``, ``SearchConfig``, ``TrainConfig``; and for the
+found architecture ``load_network`` (a run or genotype as a torch network), ``export_network`` and
+``genotypes`` (the published cells by name, the genotype forms).
 """
 import importlib
 
@@ -26,11 +28,15 @@ _PUBLIC = {
     "SearchConfig": "gradnas.config",
     "TrainConfig": "gradnas.train.config",
     "load_genotype": "gradnas.space.genotype",
+    "load_network": "gradnas.network",
+    "export_network": "gradnas.export",
+    "genotypes": "gradnas.genotypes",
 }
 __all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name):
     if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
+        module = importlib.import_module(_PUBLIC[name])
+        return module if module.__name__ == f"gradnas.{name}" else getattr(module, name)
     raise AttributeError(f"module 'gradnas' has no attribute {name!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from gradnas.cli import bench, doctor, genotype, plugins, report, search, train
+from gradnas.cli import bench, doctor, export, genotype, plugins, report, search, train
 from gradnas.cli.common import Command, guarded
 from gradnas.cli.genotype import DARTS_V2
 from gradnas.cli.search import resolve_search_config
@@ -22,6 +22,7 @@ COMMANDS = {
     "bench": Command(bench.add_parser, bench.run),
     "genotype": Command(genotype.add_genotype_parser, genotype.run_genotype),
     "lookup": Command(genotype.add_lookup_parser, genotype.run_lookup),
+    "export": Command(export.add_parser, export.run),
     "plot": Command(report.add_plot_parser, report.run_plot),
     "draw": Command(report.add_draw_parser, report.run_draw),
     "report": Command(report.add_report_parser, report.run_report),

@@ -107,6 +107,7 @@ class DartsNetwork(nn.Module):
     ``forward(x)`` returns the logits; ``forward(x, return_aux=True)`` returns ``(logits, aux_logits)``
     where ``aux_logits`` is None unless the network has an auxiliary head and is in training mode.
     Set ``drop_path_prob`` (and optionally ``drop_path_generator``) before a training epoch.
+    ``torch.jit.script`` compiles it (gradnas export); the scripted forward computes the same numbers.
     """
 
     def __init__(self, genotype: Genotype, *, cells: int, channels: int, num_classes: int, in_channels: int = 3,
