@@ -195,26 +195,28 @@ def test_sigkill_at_random_moments_then_resume_ends_where_an_uninterrupted_run_e
     assert json.loads((run / "summary.json").read_text())["finished"] is True
 
 
-# Runs gradnas with torch.save replaced by one that writes half a checkpoint (or a whole one that is never
-# renamed into place) and then SIGKILLs the process: the worst moments for a crash.
+# Runs gradnas with the checkpoint write cut in half on disk (the temporary file truncated as it is synced), or
+# a whole one that is never renamed into place, and then SIGKILLs the process: the worst moments for a crash.
 KILL_DURING_WRITE = """
 import os, signal, sys, torch
 import gradnas.checkpoint as ck
 mode, nth = os.environ["FAULT_MODE"], int(os.environ["FAULT_NTH"])
-real_save, real_replace, count = torch.save, os.replace, [0]
+real_save, real_replace, real_fsync, count = torch.save, os.replace, os.fsync, [0]
 def save(obj, f, *a, **k):
     count[0] += 1
-    if count[0] == nth and mode == "torn":
-        f.write(b"PK\\x03\\x04 half a zip file")
-        f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *a, **k)
+def fsync(fd):
+    if count[0] == nth and mode == "torn":
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_fsync(fd)
 def replace(src, dst):
     if count[0] == nth and mode == "unrenamed" and str(dst).endswith("checkpoint.pt"):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_replace(src, dst)
 ck.torch.save = save
 ck.os.replace = replace
+ck.os.fsync = fsync
 from gradnas.cli import main
 sys.exit(main(sys.argv[1:]))
 """
