@@ -114,6 +114,21 @@ def test_second_signal_stops_at_once(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
 
 
+def test_a_double_sigterm_exits_143_like_a_sigterm(tmp_path, capsys):
+    from gradnas.cli.common import drive
+    run = Search(search_config(epochs=1), tmp_path, progress=False)
+    inner = run.algorithm.method.step
+
+    def twice(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return inner(*args)
+    run.algorithm.method.step = twice
+    assert drive(run, resumed=False, say=print) == 128 + signal.SIGTERM  # was 130, as for Ctrl-C
+    err = capsys.readouterr().err
+    assert "interrupted (SIGTERM)" in err and "nothing is saved yet" in err and f"--resume {tmp_path}" in err
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_training_signal_mid_epoch_resumes_exactly(tmp_path, folder, jpeg_folder, streamed):  # noqa: F811
     cfg = train_config(jpeg_folder if streamed else folder, streamed=streamed, epochs=2)

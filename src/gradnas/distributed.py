@@ -115,7 +115,33 @@ def init_from_env(device: str = "auto", *, timeout: float | None = None) -> Worl
     peers = [None] * dist.get_world_size()
     dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
     _peers[:] = peers
+    global _store
+    try:  # where a rank that stops with an error of its own says so (torchrun's agent keeps the store alive)
+        _store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        _store = None
     return world()
+
+
+_store = None
+_FAILED_KEY = "gradnas/failed/{}"
+
+
+def mark_stopped() -> None:
+    """Tell the other ranks that this one stops on its own (an error it reports itself, or a signal), so that a
+    survivor does not call it lost."""
+    if _store is not None and world().size > 1:
+        try:
+            _store.set(_FAILED_KEY.format(world().rank), "1")
+        except Exception:  # noqa: BLE001 - the store may be gone with rank 0; then the survivors say more
+            pass
+
+
+def _reported(rank: int) -> bool:
+    try:
+        return _store is not None and _store.check([_FAILED_KEY.format(rank)])
+    except Exception:  # noqa: BLE001
+        return False
 
 
 _timeout = DEFAULT_TIMEOUT
@@ -190,6 +216,9 @@ def lost_message(exc: BaseException | None, *, where: str, resume: str) -> str |
     ``resume``: the sentence on what is saved and the command that continues."""
     w = world()
     lost = lost_ranks(wait=1.0 if exc is not None else 0.3)
+    if lost and all(_reported(r) for r in lost):
+        # they stopped on their own (an error they said, or the same signal): not lost
+        return None if exc is None else ""
     if exc is None and not lost:
         return None
     survivors = [r for r in range(w.size) if r not in lost]

@@ -76,6 +76,7 @@ def drive(run, *, resumed: bool, say: Callable) -> dict | int:
     try:
         return run.run(stop_on_signal=True)
     except Interrupted as stop:
+        distributed.mark_stopped()
         distributed.abandon()
         say(f"\ngradnas: {stop}", file=sys.stderr)
         return stop.exit_code
@@ -88,6 +89,7 @@ def drive(run, *, resumed: bool, say: Callable) -> dict | int:
                 if lost:
                     print(f"gradnas: error: {lost}", file=sys.stderr)
                 return 2
+            distributed.mark_stopped()
         say(f"\ninterrupted ({(stop.args or ('SIGINT',))[0]}); {run.resume_hint()}", file=sys.stderr)
         return code
 
@@ -114,6 +116,11 @@ def process_group(device: str, timeout):
     world = distributed.init_from_env(device, timeout=timeout)
     try:
         yield world
+    except GradnasError as exc:
+        if not getattr(exc, "silent", False):
+            distributed.mark_stopped()
+        distributed.shutdown(clean=False)
+        raise
     except BaseException:
         distributed.shutdown(clean=False)
         raise
