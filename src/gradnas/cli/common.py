@@ -112,7 +112,10 @@ def check_resume_out(args) -> None:
 def process_group(device: str, timeout):
     """Join torchrun's process group (a no-op without torchrun) for the body, and leave it after: through a
     barrier when every rank got through (see distributed.shutdown), at once after an error."""
+    import warnings
     from gradnas import distributed
+    if distributed.launch_rank() != 0:
+        warnings.simplefilter("ignore")  # torch's and gradnas' warnings are said once, by rank 0
     world = distributed.init_from_env(device, timeout=timeout)
     try:
         yield world
