@@ -123,7 +123,8 @@ def _damaged(path: Path, why: str) -> GradnasError:
         fix = "no earlier checkpoint is kept: delete it to start the run afresh"
     else:
         fix = (f"the checkpoint before it is kept: to continue from there (the work since it is done again), "
-               f"move it into place with `mv {prev} {path}` and resume; or delete both to start the run afresh")
+               f"move it into place with `mv {prev} {path}` and resume; or delete it (and {prev.name}) to start the run "
+               "afresh")
     return GradnasError(f"checkpoint {path} is corrupt or not a gradnas checkpoint ({why}); {fix}")
 
 
