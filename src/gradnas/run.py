@@ -357,8 +357,9 @@ class Harness:
         return state
 
     def _check_schema(self, state: dict) -> None:
-        """The checkpoint's own fields (config, units done, step) before anything reads them: a crafted or
-        damaged checkpoint is one error, not a traceback or a run of epochs -4..3."""
+        """The checkpoint's own fields (config: a dict of this kind of run, the same settings; units done; step)
+        before anything reads them: a crafted or damaged checkpoint is one error, not a traceback or a run of
+        epochs -4..3."""
         unit, total = self.job.unit, self.job.units()
         where = f"checkpoint {self.folder.file(CHECKPOINT_FILE)}"
         if not isinstance(state.get("config"), dict):
@@ -368,6 +369,11 @@ class Harness:
         if kind is not None and kind[1] != self.command:
             raise GradnasError(f"{where} was written by {kind[0]} (`gradnas {kind[1]}`), not {self.holds}; continue "
                                f"it with `gradnas {kind[1]} --resume {self.out}`")
+        try:
+            self._check_same_config(state)  # before the counts: another config's checkpoint says so
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise GradnasError(f"checkpoint in {self.out}: its config is damaged ({_first_line(exc)}); start a new "
+                               "--out") from None
         done = state.get(unit)
         if type(done) is not int or not 0 <= done <= total:
             raise GradnasError(f"{where}: {unit} {done!r} is not a number of {unit}s done between 0 and {total}; "
@@ -383,11 +389,6 @@ class Harness:
             print(f"gradnas: note: the checkpoint in {self.out} is of the older format {state['format']!r}, which has "
                   "no checksum, so it is read unverified; the checkpoints this run writes have one", file=sys.stderr)
         self.saved_config = state.get("config")
-        try:
-            self._check_same_config(state)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise GradnasError(f"checkpoint in {self.out}: its config is damaged ({_first_line(exc)}); start a new "
-                               "--out") from None
         try:
             self.job.load_state_dict(state)
             self.done = int(state[self.job.unit])
