@@ -32,7 +32,9 @@ def guarded(run: Callable[[], int]) -> int:
         return run()
     except GradnasError as exc:
         if _speaks(exc):
-            print(f"gradnas: error: {exc}", file=sys.stderr)
+            from gradnas import distributed
+            rank = distributed.launch_rank()
+            print(f"gradnas: error: {f'(rank {rank}) ' if rank else ''}{exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the machine's, not the input's: a full disk, a folder without write permission
         where = f" ({exc.filename})" if exc.filename else ""
