@@ -154,9 +154,9 @@ def run_search(args) -> int:
     from gradnas.search.loop import Search
     from gradnas.space import get_space
 
-    check_resume_out(args)
     if args.resume:
         saved = overrides.saved_search_config(args.resume)
+        check_resume_out(args)
         if args.config:
             raise GradnasError("--resume takes its config from the run folder; drop --config")
         cfg = overrides.resumed_search_config(args.resume, saved, search_flags(args), args.set)

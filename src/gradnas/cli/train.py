@@ -61,9 +61,9 @@ def run(args) -> int:
     from gradnas.run import GENOTYPE_FILE
     from gradnas.train.loop import Training
 
-    check_resume_out(args)
     if args.resume:
         overrides.check_training_folder(args.resume)
+        check_resume_out(args)
         for flag, given in (("--setting", args.setting), ("--genotype", args.genotype), ("--size", args.size)):
             if given:
                 raise GradnasError(f"--resume takes the setting and genotype from the run folder; drop {flag}")
