@@ -172,4 +172,124 @@ def test_torchrun_cli_and_errors_on_every_rank(tmp_path):
     # an error found on rank 0 (the folder holds a run) stops both ranks with the message, not a hang
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode != 0
-    assert r.stderr.count("already holds a training run") == 2
+    assert r.stderr.count("already holds a training run") == 1  # said once, by rank 0
+    assert len(_gradnas_lines(r.stderr)) == 1
+
+
+# -------------------------------------------------------------------------------- failures under torchrun
+
+# Runs gradnas with a fault at the STEP-th gradient average of rank RANK, counted from when the file FAULT_AFTER
+# exists (FAULT: kill = SIGKILL itself, sleep = hang for 60 s, sigint = both ranks get SIGINT, as from Ctrl-C).
+FAULT_DRIVER = """
+import os, signal, sys, time
+import gradnas.distributed as d
+fault, rank, step = os.environ["FAULT"], int(os.environ["FAULT_RANK"]), int(os.environ["FAULT_STEP"])
+after = os.environ.get("FAULT_AFTER")
+real, count = d.average_, [0]
+def average_(tensors):
+    if after is None or os.path.exists(after):
+        count[0] += 1
+    if count[0] == step and (fault == "sigint" or d.world().rank == rank):
+        if fault == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif fault == "sleep":
+            time.sleep(60)
+        else:
+            os.kill(os.getpid(), signal.SIGINT)
+    return real(tensors)
+d.average_ = average_
+from gradnas.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _torchrun(tmp_path, args, *, driver=None, env=(), timeout=300):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+           **{k: str(v) for k, v in dict(env).items()}}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+           "--master_port", str(_free_port())]
+    if driver:
+        script = tmp_path / "driver.py"
+        script.write_text(driver)
+        cmd += [str(script)]
+    else:
+        cmd += ["-m", "gradnas"]
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _gradnas_lines(stderr):
+    return [l for l in stderr.splitlines() if l.startswith("gradnas: error:")]
+
+
+def _no_gradnas_traceback(stderr):
+    # torchrun itself ends a failed launch with its own ChildFailedError traceback; none of gradnas' frames
+    assert "/gradnas/" not in "".join(l for l in stderr.splitlines() if l.lstrip().startswith("File ")), stderr
+
+
+def _train_args(data_dir, out, epochs=2):
+    return ["train", "--genotype", GENO.to_string(), "--dataset", "imagefolder", "--data-dir", data_dir, "--epochs",
+            str(epochs), "--batch-size", "8", "--cells", "3", "--channels", "4", "--device", "cpu", "--threads", "1",
+            "--quiet", "--out", out]
+
+
+def test_torchrun_batch_that_does_not_split_is_one_error_line(tmp_path):
+    data_dir = make_folder(tmp_path / "data")
+    r = _torchrun(tmp_path, [*_train_args(data_dir, tmp_path / "run")[:-2], "--batch-size", "7", "--out",
+                             tmp_path / "run"])
+    assert r.returncode != 0
+    lines = _gradnas_lines(r.stderr)
+    assert len(lines) == 1 and "does not split over 2 processes" in lines[0], r.stderr
+    _no_gradnas_traceback(r.stderr)
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_lost_rank_is_named_by_the_survivor_and_the_run_resumes(tmp_path):
+    data_dir = make_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    r = _torchrun(tmp_path, _train_args(data_dir, out), driver=FAULT_DRIVER,  # in epoch 2, after its checkpoint
+                  env={"FAULT": "kill", "FAULT_RANK": "1", "FAULT_STEP": "1", "FAULT_AFTER": out / "checkpoint.pt"})
+    assert r.returncode != 0
+    lines = _gradnas_lines(r.stderr)
+    assert len(lines) == 1, r.stderr
+    assert "rank 1 ended (its process was lost) in epoch 2" in lines[0]
+    assert "the last finished epoch (1) is saved" in r.stderr
+    assert f"torchrun --nproc_per_node 2 -m gradnas train --resume {out}" in r.stderr
+    _no_gradnas_traceback(r.stderr)
+    r = _torchrun(tmp_path, ["train", "--resume", out, "--quiet", "--threads", "1"])
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_torchrun_timeout_is_one_gradnas_error(tmp_path):
+    data_dir = make_folder(tmp_path / "data")
+    r = _torchrun(tmp_path, [*_train_args(data_dir, tmp_path / "run", epochs=1), "--dist-timeout", "3"],
+                  driver=FAULT_DRIVER, env={"FAULT": "sleep", "FAULT_RANK": "1", "FAULT_STEP": "1"})
+    assert r.returncode != 0
+    lines = _gradnas_lines(r.stderr)
+    assert len(lines) == 1, r.stderr
+    assert "did not answer within the process-group timeout (3 s" in lines[0]
+    assert "no epoch had finished, so nothing is saved yet" in r.stderr
+    _no_gradnas_traceback(r.stderr)
+
+
+def test_torchrun_ctrl_c_before_the_first_checkpoint_says_nothing_is_saved(tmp_path):
+    data_dir = make_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    r = _torchrun(tmp_path, _train_args(data_dir, out), driver=FAULT_DRIVER,
+                  env={"FAULT": "sigint", "FAULT_RANK": "0", "FAULT_STEP": "1"})
+    assert r.returncode != 0
+    assert r.stderr.count("no epoch had finished, so nothing is saved yet") == 1, r.stderr
+    assert "(0) is saved" not in r.stderr and "was lost" not in r.stderr
+    assert f"--resume {out}" in r.stderr
+    _no_gradnas_traceback(r.stderr)
+
+
+def test_torchrun_search_says_a_warning_once(tmp_path):
+    data_dir = make_folder(tmp_path / "data", classes=4, train=16, test=2, size=(8, 8))
+    r = _torchrun(tmp_path, ["search", "--dataset", "imagefolder", "--data-dir", data_dir, "--epochs", "1",
+                             "--batch-size", "16", "--cells", "3", "--channels", "4", "--set", "supernet.nodes=2",
+                             "--collapse-threshold", "0.01", "--set", "data.subset=64", "--device", "cpu", "--threads", "1", "--quiet", "--out",
+                             tmp_path / "run"])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("gradnas: warning:") == 1, r.stderr  # rank 0's, not one per rank
+    assert r.stdout.count("genotype:") == 1

@@ -114,6 +114,21 @@ def test_second_signal_stops_at_once(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
 
 
+def test_a_double_sigterm_exits_143_like_a_sigterm(tmp_path, capsys):
+    from gradnas.cli.common import drive
+    run = Search(search_config(epochs=1), tmp_path, progress=False)
+    inner = run.algorithm.method.step
+
+    def twice(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return inner(*args)
+    run.algorithm.method.step = twice
+    assert drive(run, resumed=False, say=print) == 128 + signal.SIGTERM  # was 130, as for Ctrl-C
+    err = capsys.readouterr().err
+    assert "interrupted (SIGTERM)" in err and "nothing is saved yet" in err and f"--resume {tmp_path}" in err
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_training_signal_mid_epoch_resumes_exactly(tmp_path, folder, jpeg_folder, streamed):  # noqa: F811
     cfg = train_config(jpeg_folder if streamed else folder, streamed=streamed, epochs=2)
@@ -195,26 +210,28 @@ def test_sigkill_at_random_moments_then_resume_ends_where_an_uninterrupted_run_e
     assert json.loads((run / "summary.json").read_text())["finished"] is True
 
 
-# Runs gradnas with torch.save replaced by one that writes half a checkpoint (or a whole one that is never
-# renamed into place) and then SIGKILLs the process: the worst moments for a crash.
+# Runs gradnas with the checkpoint write cut in half on disk (the temporary file truncated as it is synced), or
+# a whole one that is never renamed into place, and then SIGKILLs the process: the worst moments for a crash.
 KILL_DURING_WRITE = """
 import os, signal, sys, torch
 import gradnas.checkpoint as ck
 mode, nth = os.environ["FAULT_MODE"], int(os.environ["FAULT_NTH"])
-real_save, real_replace, count = torch.save, os.replace, [0]
+real_save, real_replace, real_fsync, count = torch.save, os.replace, os.fsync, [0]
 def save(obj, f, *a, **k):
     count[0] += 1
-    if count[0] == nth and mode == "torn":
-        f.write(b"PK\\x03\\x04 half a zip file")
-        f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *a, **k)
+def fsync(fd):
+    if count[0] == nth and mode == "torn":
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_fsync(fd)
 def replace(src, dst):
     if count[0] == nth and mode == "unrenamed" and str(dst).endswith("checkpoint.pt"):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_replace(src, dst)
 ck.torch.save = save
 ck.os.replace = replace
+ck.os.fsync = fsync
 from gradnas.cli import main
 sys.exit(main(sys.argv[1:]))
 """

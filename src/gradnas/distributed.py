@@ -13,7 +13,10 @@ no-op and the code runs as a plain single process.
 from __future__ import annotations
 
 import os
+import socket
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable, Sequence
 
 import torch
@@ -52,12 +55,46 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_from_env(device: str = "auto") -> World:
+TIMEOUT_ENV = "GRADNAS_DIST_TIMEOUT"  # seconds a collective may wait for the other processes
+DEFAULT_TIMEOUT = 300.0
+_peers: list = []  # (host, pid) of every rank, gathered when the group is joined (which rank was lost)
+
+
+def dist_timeout(seconds: float | None = None) -> float:
+    """The process-group timeout in seconds: ``seconds`` (--dist-timeout), else $GRADNAS_DIST_TIMEOUT, else
+    :data:`DEFAULT_TIMEOUT`."""
+    source = "--dist-timeout"
+    if seconds is None:
+        raw = os.environ.get(TIMEOUT_ENV)
+        if raw is None:
+            return DEFAULT_TIMEOUT
+        source = f"${TIMEOUT_ENV}"
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise GradnasError(f"{source}={raw!r} is not a number of seconds; set it to e.g. 300") from None
+    if not 0 < seconds < 10**7:
+        raise GradnasError(f"{source} {seconds!r}: give the seconds a process may wait for the others, a number > 0 "
+                           f"(default {DEFAULT_TIMEOUT:.0f})")
+    return float(seconds)
+
+
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (0 without one), also before and after the group exists."""
+    try:
+        return int(os.environ.get("RANK", "0")) if launched() else 0
+    except ValueError:
+        return 0
+
+
+def init_from_env(device: str = "auto", *, timeout: float | None = None) -> World:
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR, MASTER_PORT): NCCL when ``device`` means CUDA, gloo otherwise. Without a launcher this
-    does nothing and returns the single-process World."""
+    MASTER_ADDR, MASTER_PORT): NCCL when ``device`` means CUDA, gloo otherwise; a collective waits at most
+    ``timeout`` seconds (:func:`dist_timeout`) for the others. Without a launcher this does nothing and returns
+    the single-process World."""
     if not launched() or (dist.is_available() and dist.is_initialized()):
         return world()
+    seconds = dist_timeout(timeout)
     if not dist.is_available():
         raise GradnasError("this torch build has no torch.distributed; run a single process (without torchrun)")
     missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
@@ -72,14 +109,129 @@ def init_from_env(device: str = "auto") -> World:
             raise GradnasError(f"under torchrun give --device cuda (or auto), not {device!r}: each rank takes the "
                                "GPU of its LOCAL_RANK")
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=seconds))
+    global _timeout
+    _timeout = seconds
+    peers = [None] * dist.get_world_size()
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    _peers[:] = peers
+    global _store
+    try:  # where a rank that stops with an error of its own says so (torchrun's agent keeps the store alive)
+        _store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        _store = None
     return world()
 
 
-def shutdown() -> None:
-    """Leave the process group (if this process joined one)."""
-    if dist.is_available() and dist.is_initialized():
+_store = None
+_FAILED_KEY = "gradnas/failed/{}"
+
+
+def mark_stopped() -> None:
+    """Tell the other ranks that this one stops on its own (an error it reports itself, or a signal), so that a
+    survivor does not call it lost."""
+    if _store is not None and world().size > 1:
+        try:
+            _store.set(_FAILED_KEY.format(world().rank), "1")
+        except Exception:  # noqa: BLE001 - the store may be gone with rank 0; then the survivors say more
+            pass
+
+
+def _reported(rank: int) -> bool:
+    try:
+        return _store is not None and _store.check([_FAILED_KEY.format(rank)])
+    except Exception:  # noqa: BLE001
+        return False
+
+
+_timeout = DEFAULT_TIMEOUT
+_abandoned = False
+
+
+def abandon() -> None:
+    """This rank stops without the others (an interrupt): the next :func:`shutdown` skips its barrier."""
+    global _abandoned
+    _abandoned = True
+
+
+def shutdown(*, clean: bool = True) -> None:
+    """Leave the process group (if this process joined one). ``clean`` (every rank got here without an error):
+    first wait for all ranks at a barrier, so that no rank tears its connections down while another still
+    finishes its last writes and collectives; a rank leaving early made gloo's threads of the others abort
+    ("terminate called without an active exception", SIGABRT) after the results were written. After an error
+    or interrupt the others may never arrive, so the group is left at once."""
+    global _abandoned
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    clean, _abandoned = clean and not _abandoned, False
+    try:
+        if clean and world().size > 1:
+            dist.barrier()
+    except RuntimeError:
+        pass  # another rank is gone already; leave anyway
+    finally:
         dist.destroy_process_group()
+        _peers.clear()
+
+
+def _dead(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie not yet reaped by torchrun counts as ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def lost_ranks(wait: float = 0.0) -> list:
+    """The ranks on this machine whose process has ended (waiting up to ``wait`` seconds for one to show)."""
+    me = socket.gethostname()
+    deadline = time.monotonic() + wait
+    while True:
+        lost = [r for r, (host, pid) in enumerate(_peers) if host == me and pid != os.getpid() and _dead(pid)]
+        if lost or time.monotonic() >= deadline:
+            return lost
+        time.sleep(0.1)
+
+
+def is_comm_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed (a peer gone, a timeout), not an error of gradnas' own."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(k in text for k in (
+        "gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout", "broken pipe", "peer"))
+
+
+def lost_message(exc: BaseException | None, *, where: str, resume: str) -> str | None:
+    """The one line of a multi-process run that lost a peer (``exc``: the failed collective, or None after a
+    signal), said by the lowest surviving rank of this machine only (None on the others, and None after a
+    signal when every process is still there: a plain interrupt). ``where``: e.g. "in epoch 3";
+    ``resume``: the sentence on what is saved and the command that continues."""
+    w = world()
+    lost = lost_ranks(wait=1.0 if exc is not None else 0.3)
+    if lost and all(_reported(r) for r in lost):
+        # they stopped on their own (an error they said, or the same signal): not lost
+        return None if exc is None else ""
+    if exc is None and not lost:
+        return None
+    survivors = [r for r in range(w.size) if r not in lost]
+    if survivors and w.rank != min(survivors):
+        return ""  # another survivor says it
+    if lost:
+        what = f"rank {', '.join(map(str, lost))} ended (its process was lost) {where}"
+    elif "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
+        what = (f"another rank did not answer within the process-group timeout ({_timeout:.0f} s, --dist-timeout or "
+                f"${TIMEOUT_ENV}) {where}; it hung or is gone")
+    else:
+        what = f"lost contact with another rank {where} ({str(exc).strip().splitlines()[0] if exc else ''})"
+    return f"{what}; {resume}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,8 +244,13 @@ def resolve_device(name: str) -> torch.device:
             device = torch.device(name)
         except RuntimeError:
             raise GradnasError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda"):
+            raise GradnasError(f"device {name!r} is not one gradnas runs on; use auto, cpu, cuda or cuda:N")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise GradnasError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise GradnasError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s) "
+                               f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     w = world()
     if w.size > 1 and device.type == "cuda":
         return torch.device("cuda", w.local_rank)

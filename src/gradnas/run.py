@@ -17,10 +17,16 @@ and their checkpointed state, stop requests, SIGINT / SIGTERM (finish the step i
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
+import shutil
 from pathlib import Path
+
+import sys
 
 import torch
 import yaml
@@ -28,15 +34,16 @@ from tqdm import tqdm
 
 from gradnas import distributed
 from gradnas.callbacks import Callback, MetricsWriter, build_callbacks
-from gradnas.checkpoint import keep_metrics_until, metrics_until, resume_point, save_checkpoint
+from gradnas.checkpoint import OLD_FORMATS, keep_metrics_until, metrics_until, resume_point, save_checkpoint
 from gradnas.config import resume_conflicts
 from gradnas.errors import GradnasError
-from gradnas.signals import Interrupted, StopOnSignal
+from gradnas.signals import Interrupted, StopAtOnce, StopOnSignal
 
 # The run folder's files (searches and training runs share the names; see each harness for what it writes).
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
 CHECKPOINT_FILE, GENOTYPE_FILE, SUMMARY_FILE = "checkpoint.pt", "genotype.json", "summary.json"
 NETWORK_FILE = "network.json"
+LOCK_FILE = ".lock"  # held (flock) by the one process writing the folder; it holds that process's pid
 
 
 class CheckpointMismatch(Exception):
@@ -59,27 +66,99 @@ class RunFolder:
         self.path = Path(path)
         self.command = command  # the CLI command that continues it: search | train
         self.holds = holds      # what it holds, for messages: "a search" | "a training run"
+        self._lock = None       # the open lock file while this process holds the folder
+        self._found: set = set()  # the folder's entries when the lock was taken
+        self._made_folder = False  # whether prepare() made the folder
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     def prepare(self, config: dict, *, resume: bool) -> None:
-        """Make the folder (refusing one we cannot write) and, for a new run, refuse a folder that already holds
-        a run, then write the resolved config and an empty metrics file."""
+        """Make the folder (refusing one we cannot write), take its lock (:meth:`lock`) before anything is written
+        and, for a new run, refuse a folder that already holds a run, then write the resolved config and an empty
+        metrics file."""
         try:
+            existed = self.path.is_dir()
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
         except OSError as exc:
             raise GradnasError(f"cannot write to the run folder {self.path} ({exc.strerror}); choose another --out")
+        self._made_folder = not existed
+        self.lock()
         if resume:
             return
         if self.file(CHECKPOINT_FILE).exists():
-            raise GradnasError(f"{self.path} already holds {self.holds}; continue it with `gradnas {self.command} "
-                               f"--resume {self.path}` or choose another --out")
+            holds, command = folder_kind(self.path) or (self.holds, self.command)
+            also = (f", train its genotype with `gradnas train --genotype {self.path} --out NEW_DIR`"
+                    if command == "search" and self.command == "train" else "")
+            raise GradnasError(f"{self.path} already holds {holds}; continue it with `gradnas {command} "
+                               f"--resume {self.path}`{also} or choose another --out")
         self.write_config(config)
         self.file(METRICS_FILE).write_text("")
+
+    # -- the lock: one writer per folder
+    def lock(self) -> None:
+        """Take the folder's exclusive advisory lock (``flock`` on :data:`LOCK_FILE`) for the life of this process's
+        run, or refuse with the holder's pid. The OS lets go of it when the process ends, however it ends (SIGKILL
+        included), so a dead run never leaves its folder locked. Taking it again while held is a no-op. What was
+        in the folder when the lock was taken is remembered, for :meth:`remove_new_files`."""
+        if self._lock is not None:
+            return
+        path = self.file(LOCK_FILE)
+        lock_existed = path.exists()
+        while True:
+            try:
+                f = open(path, "a+")
+            except OSError as exc:
+                raise GradnasError(f"cannot write to the run folder {self.path} ({exc.strerror}); choose another "
+                                   "--out") from None
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                f.seek(0)
+                pid = f.read().strip()
+                f.close()
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise GradnasError(f"cannot lock the run folder {self.path} ({exc.strerror}); choose another "
+                                       "--out on a local disk") from None
+                who = f"pid {pid}" if pid.isdigit() else "pid unknown"
+                if pid == str(os.getpid()):
+                    who += ", this very process: another run object of it still holds the folder"
+                raise GradnasError(f"{self.path} is in use by another gradnas run ({who}); wait until it ends, "
+                                   "or choose another --out") from None
+            try:  # the file may have been removed (a failed start cleaning up) between open and flock
+                same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+            except OSError:
+                same = False
+            if same:
+                break
+            f.close()
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
+        self._found = {p.name for p in self.path.iterdir()}
+        if not lock_existed:
+            self._found.discard(LOCK_FILE)  # made by this start
+
+    def unlock(self) -> None:
+        """Let go of the lock (the lock file stays: removing it could let two writers lock two different files)."""
+        f, self._lock = self._lock, None
+        if f is not None:
+            f.close()
+
+    def remove_new_files(self) -> None:
+        """After a failed start: remove what this start put into the folder since it took the lock (never what
+        was there before; the lock file too when this start made it: a process that opened it meanwhile finds it
+        gone after its flock and tries again), and the folder itself when this start made it and it is empty."""
+        if self._lock is None:
+            return  # not ours: another run may be writing there
+        for name in sorted({p.name for p in self.path.iterdir()} - self._found):
+            path = self.path / name
+            with contextlib.suppress(OSError):
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if self._made_folder:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only if empty
 
     def write_config(self, config: dict) -> None:
         self.file(CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
@@ -107,6 +186,26 @@ class RunFolder:
     def resume_point(self, *, unit: str, map_location, main: bool) -> dict | None:
         return resume_point(self.path, unit=unit, map_location=map_location, main=main, checkpoint=CHECKPOINT_FILE,
                             metrics=METRICS_FILE, config=CONFIG_FILE)
+
+
+def folder_kind(path) -> tuple[str, str] | None:
+    """What a run folder holds, by its config.yaml: ("a search", "search"), ("a training run", "train") or None
+    (no readable config)."""
+    try:
+        return config_kind(yaml.safe_load((Path(path) / CONFIG_FILE).read_text()))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def config_kind(config) -> tuple[str, str] | None:
+    """What kind of run a config dict (a config.yaml's, a checkpoint's) belongs to, as :func:`folder_kind`."""
+    if not isinstance(config, dict):
+        return None
+    if "network" in config or "precision" in config:
+        return "a training run", "train"
+    if "method" in config or "space" in config:
+        return "a search", "search"
+    return None
 
 
 class Harness:
@@ -190,8 +289,10 @@ class Harness:
         unit = self.job.unit
         last = (f"the last good checkpoint ({unit} {self.done}) is in {self.out}" if self.done else
                 f"no {unit} had finished, so there is no checkpoint")
-        return GradnasError(f"the {where} loss became NaN/inf in {unit} {index + 1}{getattr(self.job, 'nan_context', '')}; "
-                            f"{last}. {self.job.nan_fix}")
+        error = GradnasError(f"the {where} loss became NaN/inf in {unit} {index + 1}"
+                             f"{getattr(self.job, 'nan_context', '')}; {last}. {self.job.nan_fix}")
+        error.shared = self.world.size == 1  # under torchrun another rank may not have met it: this rank says it
+        return error
 
     def stop_mid_unit(self, index: int, step: int, steps: int) -> None:
         """Checkpoint the job as it is, ``step`` steps into unit ``index`` (the job has set its partial state),
@@ -202,7 +303,31 @@ class Harness:
                           f"{step}/{steps}; a checkpoint of that step is saved. Continue with:\n"
                           f"  gradnas {self.command} --resume {self.out}", signum=self._guard.requested)
 
+    def resume_hint(self) -> str:
+        """What is saved and the command that continues the run (for a stop without a checkpoint of its own)."""
+        unit = self.job.unit
+        saved = (f"the last finished {unit} ({self.done}) is saved in {self.out}" if self.done else
+                 f"no {unit} had finished, so nothing is saved yet")
+        launch = (f"torchrun --nproc_per_node {self.world.size} -m gradnas" if self.world.size > 1 else "gradnas")
+        return f"{saved}. Continue with:\n  {launch} {self.command} --resume {self.out}"
+
     # -- building
+    @contextlib.contextmanager
+    def starting(self):
+        """Wrap a subclass's building: if it fails, remove what this start wrote into the run folder (only files it
+        created, and the folder if it made it; see RunFolder.remove_new_files) and let go of the folder's lock."""
+        try:
+            yield
+        except BaseException:
+            if self.is_main:
+                self.folder.remove_new_files()
+            self.folder.unlock()
+            raise
+
+    def close(self) -> None:
+        """Let go of the run folder (its lock); :meth:`run` does this when it ends."""
+        self.folder.unlock()
+
     def _attach(self, job, builtin, callbacks, *, resume: bool, device) -> None:
         """Attach the job and the callbacks (the job's own, those the config names, those passed in, then the
         metrics writer), and on resume load the checkpoint into all of them."""
@@ -231,30 +356,69 @@ class Harness:
                 state[cb.key()] = cb_state
         return state
 
+    def _check_schema(self, state: dict) -> None:
+        """The checkpoint's own fields (config: a dict of this kind of run, the same settings; units done; step)
+        before anything reads them: a crafted or damaged checkpoint is one error, not a traceback or a run of
+        epochs -4..3."""
+        unit, total = self.job.unit, self.job.units()
+        where = f"checkpoint {self.folder.file(CHECKPOINT_FILE)}"
+        if not isinstance(state.get("config"), dict):
+            raise GradnasError(f"{where} has no config (a dict under 'config'); it was not written by gradnas "
+                               "or is damaged: start a new --out")
+        kind = config_kind(state["config"])
+        if kind is not None and kind[1] != self.command:
+            raise GradnasError(f"{where} was written by {kind[0]} (`gradnas {kind[1]}`), not {self.holds}; continue "
+                               f"it with `gradnas {kind[1]} --resume {self.out}`")
+        try:
+            self._check_same_config(state)  # before the counts: another config's checkpoint says so
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise GradnasError(f"checkpoint in {self.out}: its config is damaged ({_first_line(exc)}); start a new "
+                               "--out") from None
+        done = state.get(unit)
+        if type(done) is not int or not 0 <= done <= total:
+            raise GradnasError(f"{where}: {unit} {done!r} is not a number of {unit}s done between 0 and {total}; "
+                               "the checkpoint is damaged or crafted: start a new --out")
+        step = state.get("step", 0)
+        if type(step) is not int or step < 0 or (step and done >= total):
+            raise GradnasError(f"{where}: step {step!r} is not a step count (an integer >= 0, 0 after the last "
+                               f"{unit}); the checkpoint is damaged or crafted: start a new --out")
+
     def _load(self, state: dict) -> None:
+        self._check_schema(state)
+        if state.get("format") in OLD_FORMATS and self.is_main:
+            print(f"gradnas: note: the checkpoint in {self.out} is of the older format {state['format']!r}, which has "
+                  "no checksum, so it is read unverified; the checkpoints this run writes have one", file=sys.stderr)
         self.saved_config = state.get("config")
-        self._check_same_config(state)
         try:
             self.job.load_state_dict(state)
             self.done = int(state[self.job.unit])
         except CheckpointMismatch as exc:
             raise GradnasError(f"checkpoint in {self.out} {exc}; it does not match this {self.noun}, start a new "
                                "--out") from None
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
             raise GradnasError(f"checkpoint in {self.out} does not match this {self.noun} "
-                               f"({str(exc).splitlines()[0]}); start a new --out") from None
+                               f"({_first_line(exc)}); start a new --out") from None
         # Metrics lines past the checkpoint belong to a unit that will run again.
         self.resumed_records = self.folder.metrics_until(self.done)  # every rank: callbacks may replay them
         if self.is_main:
             self.folder.keep_metrics_until(self.done)
         for cb in self.callbacks:
-            cb.on_resume(self, state.get(cb.key()))
+            try:
+                cb.on_resume(self, state.get(cb.key()))
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise GradnasError(f"checkpoint in {self.out}: its {cb.key()!r} entry is damaged or not of this "
+                                   f"gradnas ({_first_line(exc)}); start a new --out") from None
         if self.is_main and self.done < self.job.units() and self.folder.file(SUMMARY_FILE).exists():
             self.folder.file(SUMMARY_FILE).unlink()  # continued (e.g. past a stop): no longer finished
 
     def _check_same_config(self, state: dict) -> None:
         # Read back through the config class: a key the checkpoint's gradnas did not have yet means its default.
-        diff = resume_conflicts(self.config_class.from_dict(state["config"]).to_dict(), self.cfg.to_dict())
+        try:
+            saved = self.config_class.from_dict(state["config"]).to_dict()
+        except GradnasError as exc:
+            raise GradnasError(f"checkpoint in {self.out}: its config is not a valid {self.noun} config ({exc}); "
+                               "start a new --out") from None
+        diff = resume_conflicts(saved, self.cfg.to_dict())
         if diff:
             key, saved, now = diff[0]
             raise GradnasError(f"the checkpoint in {self.out} was written with another config ({key}: {saved!r} "
@@ -268,13 +432,28 @@ class Harness:
         checkpoint of that point (mid-unit where the job supports it) and raises
         :class:`gradnas.signals.Interrupted`. (Only on one process: under torchrun the signal stops at once and
         the run resumes from its last unit-end checkpoint.)"""
-        with StopOnSignal(stop_on_signal and self.world.size == 1) as guard:
+        if self.is_main:
+            self.folder.lock()  # already held, unless a first run() let go of it
+        multi = self.world.size > 1
+        with StopOnSignal(stop_on_signal and not multi) as guard, StopAtOnce(stop_on_signal and multi) as at_once:
             self._guard = guard
             try:
                 return self._run(stop_after)
+            except RuntimeError as exc:
+                if not (multi and distributed.is_comm_error(exc)):
+                    raise
+                at_once.quiet()  # torchrun's SIGTERM to the survivors must not interrupt the message
+                message = distributed.lost_message(exc, where=f"in {self.job.unit} {self.done + 1}",
+                                                   resume=self.resume_hint())
+                error = GradnasError(message)
+                error.silent, error.shared = not message, False  # said by the lowest surviving rank
+                raise error from None
             finally:
                 self._guard = StopOnSignal(False)
-                getattr(self.job, "end", lambda run: None)(self)
+                try:
+                    getattr(self.job, "end", lambda run: None)(self)
+                finally:
+                    self.close()
 
     def _run(self, stop_after) -> dict:
         job, total = self.job, self.job.units()
@@ -319,7 +498,33 @@ class Harness:
         return summary
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; the machine's count where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(threads) -> None:
+    """Refuse a thread count this machine cannot give (torch crashes with a segfault on --threads 100000):
+    at least 1, at most the cores this process may use. Called before the run folder is made."""
+    if threads is None:
+        return
+    cores = available_cores()
+    if type(threads) is not int or not 1 <= threads <= cores:
+        raise GradnasError(f"--threads {threads!r}: this machine gives this process {cores} CPU core(s); use a number "
+                           f"from 1 to {cores}, or leave --threads out to use them all (a resumed run may change "
+                           "--threads)")
+
+
 def set_threads(threads: int | None) -> None:
-    """CPU threads for this process (None: torch's default)."""
+    """CPU threads for this process (None: torch's default), checked by :func:`check_threads` first."""
+    check_threads(threads)
     if threads:
         torch.set_num_threads(threads)

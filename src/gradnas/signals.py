@@ -31,9 +31,22 @@ class Interrupted(Exception):
         return 128 + self.signum  # the shell's convention for "ended by signal N"
 
 
+class SecondSignal(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM during a stop: stop at once. ``signum`` gives the exit code (128 + N), so a double
+    SIGTERM still ends with 143, as a SIGTERM should."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 class StopOnSignal:
     """Context manager: while active, SIGINT / SIGTERM set :attr:`requested` (the signal number) instead of
-    interrupting; a second one raises KeyboardInterrupt. Previous handlers come back on exit."""
+    interrupting; a second one raises :class:`SecondSignal` (a KeyboardInterrupt). Previous handlers come back on exit."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
@@ -42,7 +55,7 @@ class StopOnSignal:
 
     def _handle(self, signum, frame):
         if self.requested is not None:
-            raise KeyboardInterrupt
+            raise SecondSignal(signum)
         self.requested = signum
 
     def __enter__(self):
@@ -60,3 +73,39 @@ class StopOnSignal:
     @property
     def name(self) -> str:
         return signal.Signals(self.requested).name if self.requested is not None else ""
+
+
+class StopAtOnce:
+    """Context manager for a multi-process (torchrun) run, where a checkpoint cannot be written mid-unit: the first
+    SIGINT or SIGTERM (Ctrl-C, or torchrun ending the others after a rank was lost) raises :class:`SecondSignal`
+    at once, so the CLI says one line instead of dying silently; any later one is ignored (the run is already
+    stopping, and a second exception during the message would be a traceback)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.fired = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.fired:
+            return
+        self.fired = True
+        raise SecondSignal(signum)
+
+    def quiet(self) -> None:
+        """Ignore every further signal (the run is stopping for another reason: a lost rank)."""
+        self.fired = True
+
+    def __enter__(self):
+        if self.enabled:
+            for s in SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        stopping = self.fired or exc[0] is not None
+        for s, handler in self._previous.items():
+            # stopping: keep ignoring signals while the message is said and the group is left
+            signal.signal(s, signal.SIG_IGN if stopping else handler)
+        self._previous.clear()
+        return False

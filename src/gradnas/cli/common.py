@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -14,22 +15,37 @@ class Command(NamedTuple):
     run: Callable         # (args) -> exit status
 
 
+def _speaks(exc: BaseException) -> bool:
+    """Whether this process prints ``exc``. Under torchrun an error that every rank raises alike (found before
+    the process group was joined, or shared by rank 0: distributed.run_on_main) is said by rank 0 alone; one
+    that only this rank met is said by it, naming its rank."""
+    from gradnas import distributed
+    if getattr(exc, "silent", False):
+        return False
+    return distributed.launch_rank() == 0 or not getattr(exc, "shared", True)
+
+
 def guarded(run: Callable[[], int]) -> int:
     """``run()``'s exit status; a GradnasError or OSError becomes one `gradnas: error:` line and exit 2, an
-    interrupt exit 130."""
+    interrupt exit 130 (128 + N for a signal N that stopped it at once)."""
     try:
         return run()
     except GradnasError as exc:
-        print(f"gradnas: error: {exc}", file=sys.stderr)
+        if _speaks(exc):
+            from gradnas import distributed
+            rank = distributed.launch_rank()
+            print(f"gradnas: error: {f'(rank {rank}) ' if rank else ''}{exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the machine's, not the input's: a full disk, a folder without write permission
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"gradnas: error: {exc.strerror or exc}{where}; free disk space or fix the permissions, then run "
               "again (a search or training continues with --resume RUN_DIR)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ngradnas: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from gradnas import distributed
+        if distributed.launch_rank() == 0:
+            print("\ngradnas: interrupted", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 def read_genotype(text: str):
@@ -62,12 +78,59 @@ def drive(run, *, resumed: bool, say: Callable) -> dict | int:
     if resumed:
         mid = f" and step {run.step} of {unit} {run.done + 1}" if run.step else ""
         say(f"resuming {run.out} after {unit} {run.done}/{total}{mid}", file=sys.stderr)
+    from gradnas import distributed
     try:
         return run.run(stop_on_signal=True)
     except Interrupted as stop:
+        distributed.mark_stopped()
+        distributed.abandon()
         say(f"\ngradnas: {stop}", file=sys.stderr)
         return stop.exit_code
-    except KeyboardInterrupt:
-        say(f"\ninterrupted; the last finished {unit} ({run.done}) is saved. Continue with:\n"
-            f"  gradnas {run.command} --resume {run.out}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # a second signal, or any signal under torchrun
+        distributed.abandon()
+        code = getattr(stop, "exit_code", 130)
+        if run.world.size > 1:
+            lost = distributed.lost_message(None, where=f"in {unit} {run.done + 1}", resume=run.resume_hint())
+            if lost is not None:  # torchrun stopped this rank because another one died
+                if lost:
+                    print(f"gradnas: error: {lost}", file=sys.stderr)
+                return 2
+            distributed.mark_stopped()
+        say(f"\ninterrupted ({(stop.args or ('SIGINT',))[0]}); {run.resume_hint()}", file=sys.stderr)
+        return code
+
+
+def add_launch_flags(p) -> None:
+    """--dist-timeout: how long a torchrun rank waits for the others (a run-time setting, not saved in the run)."""
+    p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="torchrun: seconds a process waits for the others in a collective before the run stops with "
+                        "an error (default $GRADNAS_DIST_TIMEOUT, else 300)")
+
+
+def check_resume_out(args) -> None:
+    """--out names a new run's folder; with --resume the run continues in its own folder."""
+    if args.resume and args.out:
+        raise GradnasError(f"--resume continues the run in its own folder ({args.resume}); drop --out (or drop "
+                           "--resume to start a new run in --out)")
+
+
+@contextmanager
+def process_group(device: str, timeout):
+    """Join torchrun's process group (a no-op without torchrun) for the body, and leave it after: through a
+    barrier when every rank got through (see distributed.shutdown), at once after an error."""
+    import warnings
+    from gradnas import distributed
+    if distributed.launch_rank() != 0:
+        warnings.simplefilter("ignore")  # torch's and gradnas' warnings are said once, by rank 0
+    world = distributed.init_from_env(device, timeout=timeout)
+    try:
+        yield world
+    except GradnasError as exc:
+        if not getattr(exc, "silent", False):
+            distributed.mark_stopped()
+        distributed.shutdown(clean=False)
+        raise
+    except BaseException:
+        distributed.shutdown(clean=False)
+        raise
+    distributed.shutdown()

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gradnas import overrides
-from gradnas.cli.common import drive, speaker
+from gradnas.cli.common import add_launch_flags, check_resume_out, drive, process_group, speaker
 from gradnas.cli.plugins import portable
 from gradnas.errors import GradnasError
 
@@ -21,6 +21,7 @@ def add_search_parser(sub):
     p.add_argument("--out", help="run folder (default: runs/<method>-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_launch_flags(p)
     return p
 
 
@@ -155,6 +156,7 @@ def run_search(args) -> int:
 
     if args.resume:
         saved = overrides.saved_search_config(args.resume)
+        check_resume_out(args)
         if args.config:
             raise GradnasError("--resume takes its config from the run folder; drop --config")
         cfg = overrides.resumed_search_config(args.resume, saved, search_flags(args), args.set)
@@ -162,8 +164,7 @@ def run_search(args) -> int:
     else:
         cfg = resolve_search_config(args)
         out = None
-    world = distributed.init_from_env(cfg.device)  # a no-op unless started by torchrun
-    try:
+    with process_group(cfg.device, args.dist_timeout) as world:  # a no-op unless started by torchrun
         if out is None:
             out = Path(args.out) if args.out else Path(distributed.from_main(str(Path("runs") / (
                 f"{cfg.method}-{cfg.space}-{cfg.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))))
@@ -174,8 +175,6 @@ def run_search(args) -> int:
         summary = drive(search, resumed=bool(args.resume), say=say)
         if isinstance(summary, int):
             return summary
-    finally:
-        distributed.shutdown()
     if "stop" in summary:
         say(f"stopped after {unit} {summary['stop']['epoch']} of {total}: {summary['stop']['reason']}")
     say(f"genotype: {summary['genotype']}")

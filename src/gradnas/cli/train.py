@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gradnas import overrides
-from gradnas.cli.common import drive, speaker
+from gradnas.cli.common import add_launch_flags, check_resume_out, drive, process_group, speaker
 from gradnas.errors import GradnasError
 
 
@@ -45,6 +45,7 @@ def add_parser(sub):
     p.add_argument("--out", help="run folder (default: runs/train-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the training in RUN_DIR from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_launch_flags(p)
     return p
 
 
@@ -62,6 +63,7 @@ def run(args) -> int:
 
     if args.resume:
         overrides.check_training_folder(args.resume)
+        check_resume_out(args)
         for flag, given in (("--setting", args.setting), ("--genotype", args.genotype), ("--size", args.size)):
             if given:
                 raise GradnasError(f"--resume takes the setting and genotype from the run folder; drop {flag}")
@@ -75,8 +77,7 @@ def run(args) -> int:
         size = parse_size(args.size) if args.size else None
         genotype, source = genotype_from_source(args.genotype, size=size)
         cfg = overrides.resolve_train_config(args.setting, train_flags(args), args.set)
-    world = distributed.init_from_env(cfg.device)
-    try:
+    with process_group(cfg.device, args.dist_timeout) as world:
         if not args.resume:
             out = Path(args.out) if args.out else Path(distributed.from_main(str(Path("runs") / (
                 f"train-{genotype.space}-{cfg.data.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))))
@@ -89,8 +90,6 @@ def run(args) -> int:
         summary = drive(training, resumed=bool(args.resume), say=say)
         if isinstance(summary, int):
             return summary
-    finally:
-        distributed.shutdown()
     say(f"params: {summary['params_m']:.3f}M  multiply-adds: {summary['macs_m']:.1f}M")
     if "test_acc" in summary:
         top5 = f"  top-5: {summary['test_top5']:.2f}%" if "test_top5" in summary else ""

@@ -56,8 +56,10 @@ class CollapseWatch(Callback):
         share = non_learnable_share(run.job.last_genotype)
         record["non_learnable_share"] = share
         above = share > cc.threshold
-        if above and cc.warn and (self.last_share is None or self.last_share <= cc.threshold):
+        warn = above and cc.warn and (self.last_share is None or self.last_share <= cc.threshold)
+        if warn:
             record["collapse_warning"] = True
+        if warn and run.is_main:  # said once under torchrun
             hint = ("" if cc.lr_decay else "; the single-level paper lowers the weight lr then "
                     "(collapse.lr_decay, --lr-decay-on-collapse)")
             tqdm.write(f"gradnas: warning: after epoch {run.done}, {share:.0%} of the derived cell's ops are "

@@ -105,10 +105,10 @@ def check_names(cfg: SearchConfig) -> None:
     check_search_config(cfg, given=())
 
 
-def load_search_data(cfg: SearchConfig, folder, *, resume: bool, main: bool) -> SearchData:
-    """The dataset, the split (read back from split.json on resume, else drawn from the seed and written) and
-    the augmentation."""
-    data = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+def load_search_data(cfg: SearchConfig, folder, *, resume: bool, main: bool, dataset=None) -> SearchData:
+    """The dataset (``dataset``: already loaded), the split (read back from split.json on resume, else drawn
+    from the seed and written) and the augmentation."""
+    data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
     split_path = folder.file(SPLIT_FILE)
     if resume and split_path.is_file():
         split = SearchSplit.from_dict(folder.read_json(SPLIT_FILE))
@@ -128,7 +128,10 @@ class Search(Harness):
     ``callbacks``: user callbacks (``gradnas.callbacks.Callback``), run after the search's own extras and
     before the metrics writer; they may add keys to every metrics line and request a stop. ``explicit_keys``:
     the dotted config keys the user set explicitly (the command line's flags and --set), which are checked
-    against the components that read them; None (Python): every value that differs from its default is."""
+    against the components that read them; None (Python): every value that differs from its default is.
+
+    Everything that can be checked (config, threads, device, the data) is checked before the run folder is
+    touched; a start that fails after that removes what it wrote there (``Harness.starting``)."""
 
     command, holds, noun = "search", "a search", "search"
     config_class = SearchConfig
@@ -143,7 +146,9 @@ class Search(Harness):
                                "without torchrun")
         distributed.check_divisible(cfg.batch_size)
         device = resolve_device(cfg.device)
-        distributed.run_on_main(lambda: self.folder.prepare(cfg.to_dict(), resume=resume))
-        data = load_search_data(cfg, self.folder, resume=resume, main=self.is_main)
-        self.algorithm = algorithm(cfg, data=data, device=device, world=self.world)
-        self._attach(self.algorithm, self.algorithm.builtin_callbacks(), callbacks, resume=resume, device=device)
+        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)  # a wrong data path fails before the folder
+        with self.starting():
+            distributed.run_on_main(lambda: self.folder.prepare(cfg.to_dict(), resume=resume))
+            data = load_search_data(cfg, self.folder, resume=resume, main=self.is_main, dataset=dataset)
+            self.algorithm = algorithm(cfg, data=data, device=device, world=self.world)
+            self._attach(self.algorithm, self.algorithm.builtin_callbacks(), callbacks, resume=resume, device=device)

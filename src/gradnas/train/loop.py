@@ -92,11 +92,12 @@ class Training(Harness):
         device = distributed.resolve_device(cfg.device)
         if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise GradnasError("precision bf16 needs a GPU with bfloat16 support; use --precision fp32")
-        distributed.run_on_main(lambda: self._prepare_folder(resume))
-        self.trainer = Trainer(cfg, genotype, device=device, world=self.world)
-        self._attach(self.trainer, [], callbacks, resume=resume, device=device)
-        if self.is_main and (not resume or self.done == 0):  # new, or stopped before its first checkpoint
-            self.folder.write_json(NETWORK_FILE, self.trainer.network_info())
+        self.trainer = Trainer(cfg, genotype, device=device, world=self.world)  # the data, before the folder
+        with self.starting():  # a failed start removes what it wrote
+            distributed.run_on_main(lambda: self._prepare_folder(resume))
+            self._attach(self.trainer, [], callbacks, resume=resume, device=device)
+            if self.is_main and (not resume or self.done == 0):  # new, or stopped before its first checkpoint
+                self.folder.write_json(NETWORK_FILE, self.trainer.network_info())
 
     @property
     def data(self):
