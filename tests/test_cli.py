@@ -353,3 +353,13 @@ def test_a_setting_is_refused_by_name_of_the_component_that_would_read_it(tmp_pa
     assert resolve_search_config(str(mine), {}, []).supernet.cells == 5  # sections of other spaces / relaxations
     with pytest.raises(GradnasError, match="supernet.cells configures the darts space, but this search uses space"):
         resolve_search_config(str(mine), {}, ["supernet.cells=4"])
+
+
+@pytest.mark.parametrize("command", [["report"], ["search", "--resume"], ["sizes"]])
+def test_a_path_too_long_is_not_called_a_disk_problem(command, capsys):
+    """ENAMETOOLONG is the input's fault: the message says so, shortens the path and never asks for disk space."""
+    assert main([*command, "x" * 5000]) == 2
+    err = capsys.readouterr().err
+    assert err.count("gradnas: error:") == 1 and "Traceback" not in err
+    assert "too long to be a file name" in err and "disk space" not in err
+    assert " characters))" in err and len(err) < 600

@@ -36,16 +36,37 @@ def guarded(run: Callable[[], int]) -> int:
             rank = distributed.launch_rank()
             print(f"gradnas: error: {f'(rank {rank}) ' if rank else ''}{exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # the machine's, not the input's: a full disk, a folder without write permission
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"gradnas: error: {exc.strerror or exc}{where}; free disk space or fix the permissions, then run "
-              "again (a search or training continues with --resume RUN_DIR)", file=sys.stderr)
+    except OSError as exc:  # a full disk, a folder without write permission, a path that cannot be one
+        where = f" ({_shorten(exc.filename)})" if exc.filename else ""
+        print(f"gradnas: error: {exc.strerror or exc}{where}; {_os_fix(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         from gradnas import distributed
         if distributed.launch_rank() == 0:
             print("\ngradnas: interrupted", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
+
+
+_RESUME_HINT = "then run again (a search or training continues with --resume RUN_DIR)"
+
+
+def _os_fix(exc: OSError) -> str:
+    """What the user can do about an OSError, by its errno: only a full disk is a disk-space problem."""
+    import errno
+    if exc.errno == errno.ENAMETOOLONG:
+        return "that is too long to be a file name; check what was given where a path is expected"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+        return "check the path"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"fix the permissions or choose another folder, {_RESUME_HINT}"
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"free some disk space, {_RESUME_HINT}"
+    return f"free disk space or fix the permissions, {_RESUME_HINT}"
+
+
+def _shorten(name, limit: int = 80) -> str:
+    name = str(name)
+    return name if len(name) <= limit else f"{name[:limit]}... ({len(name)} characters)"
 
 
 def read_genotype(text: str):
