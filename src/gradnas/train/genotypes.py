@@ -1,7 +1,9 @@
 """Where the genotype of a training run comes from: a JSON file, a genotype string (DARTS
 ``normal=|...|;reduce=|...|`` or NB-201 ``|op~0|+|...|``), or a search run folder.
 
-A run folder gives its final genotype (``genotype.json`` of a finished search), or, with ``size=(N, R)``,
+A run folder gives the genotype ``pick`` chooses: ``best`` (the default, the papers' choice: MiLeNAS section 4.1),
+the genotype of the epoch with the best validation accuracy (``best-genotype.json``; for a search from before that
+file, chosen from its metrics.jsonl), or ``last``, its final genotype (``genotype.json`` of a finished search); or, with ``size=(N, R)``,
 the genotype its model-size index lists for N convolutions in the normal cell and R in the reduction
 cell. The index, ``sizes/index.json`` in the run folder, is a list of entries
 ``{"normal_convs": N, "reduce_convs": R, "params_m": .., "best_valid_acc": .., "epoch": ..,
@@ -12,8 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+PICKS = ("best", "last")
+
 from gradnas.errors import GradnasError
-from gradnas.run import GENOTYPE_FILE, SUMMARY_FILE
+from gradnas.run import BEST_GENOTYPE_FILE, GENOTYPE_FILE, METRICS_FILE, SUMMARY_FILE
 from gradnas.space.genotype import load_genotype
 
 SIZE_INDEX = Path("sizes") / "index.json"
@@ -28,12 +32,21 @@ def parse_size(text: str) -> tuple:
     return int(parts[0]), int(parts[1])
 
 
-def genotype_from_source(source: str, *, size: tuple | None = None) -> tuple:
-    """(genotype, where it came from) for a genotype file, string or run folder (see the module doc)."""
+def genotype_from_source(source: str, *, size: tuple | None = None, pick: str | None = None) -> tuple:
+    """(genotype, where it came from) for a genotype file, string or run folder (see the module doc). ``pick``
+    (best | last, default best) applies to a run folder only; the text of where it came from names the epoch and
+    its validation accuracy."""
+    if pick is not None and pick not in PICKS:
+        raise GradnasError(f"--pick {pick!r}: choose best or last")
+    if pick is not None and size is not None:
+        raise GradnasError("--pick and --size are two ways to choose a run's genotype; give one of them")
     text = str(source)
     if text.lstrip().startswith(("normal=", "|")):  # a DARTS or an NB-201 genotype string
         if size is not None:
             raise GradnasError("--size picks a genotype from a search run folder; it does not go with a genotype string")
+        if pick is not None:
+            raise GradnasError("--pick chooses the epoch of a search run folder; a genotype string is one genotype, "
+                               "drop --pick")
         return load_genotype(text), "genotype string"
     path = Path(text)
     if size is not None:
@@ -42,8 +55,49 @@ def genotype_from_source(source: str, *, size: tuple | None = None) -> tuple:
                                "not a folder")
         return _from_size_index(path, size)
     if path.is_dir():
-        return _final_genotype(path), f"{path / GENOTYPE_FILE}"
+        last = _final_genotype(path)
+        if (pick or "best") == "last":
+            return last, f"last epoch of {path}: {_last_epoch(path)}"
+        return _best_genotype(path)
+    if pick is not None:
+        raise GradnasError(f"--pick chooses the epoch of a search run folder; {source} is a genotype file, drop --pick")
     return load_genotype(path), str(path)
+
+
+def _describe(selected: dict) -> str:
+    unit = selected.get("unit", "epoch")
+    by = "valid acc" if selected.get("by", "valid_acc") == "valid_acc" else f"{selected['by']}"
+    return f"{unit} {selected['epoch']}, {by} {float(selected['valid_acc']):.2f}%"
+
+
+def _records(run_dir: Path) -> list:
+    from gradnas.checkpoint import metrics_until
+    return metrics_until(run_dir / METRICS_FILE, 10 ** 9)
+
+
+def _last_epoch(run_dir: Path) -> str:
+    lines = _records(run_dir)
+    if not lines:
+        return "no metrics recorded"
+    last = lines[-1]
+    acc = last.get("valid_acc", last.get("measured_acc"))
+    unit = "round" if "phase" in last else "epoch"
+    return f"{unit} {last['epoch']}" + (f", valid acc {acc:.2f}%" if isinstance(acc, (int, float)) else "")
+
+
+def _best_genotype(run_dir: Path) -> tuple:
+    from gradnas.search.best import best_from_records, read_best
+    found = read_best(run_dir)
+    if found is not None:
+        genotype, selected = found
+        return genotype, f"{run_dir / BEST_GENOTYPE_FILE}: best {_describe(selected)}"
+    found = best_from_records(_records(run_dir))
+    if found is None:
+        raise GradnasError(f"{run_dir} has no {BEST_GENOTYPE_FILE} (a search from before gradnas kept it) and its "
+                           f"{METRICS_FILE} has no epochs with a genotype and a validation accuracy to choose from; "
+                           f"train its final genotype with --pick last")
+    genotype, selected = found
+    return genotype, f"best {_describe(selected)}, computed from {run_dir / METRICS_FILE} (no {BEST_GENOTYPE_FILE})"
 
 
 def _final_genotype(run_dir: Path):
