@@ -148,3 +148,13 @@ def test_pick_is_refused_without_a_run_folder(tmp_path, finished_search, capsys)
         assert "--pick chooses the epoch of a search run folder" in err and len(err.strip().splitlines()) == 1
     assert main(["train", "--genotype", str(run), "--pick", "best", "--size", "4,2", *TRAIN]) == 2
     assert "--pick and --size" in capsys.readouterr().err
+
+
+def test_a_training_run_folder_is_no_search_to_pick_from(tmp_path, finished_search, capsys):
+    run, _ = finished_search
+    out = tmp_path / "t"
+    assert main(["train", "--genotype", str(run), "--out", str(out), *TRAIN]) == 0
+    capsys.readouterr()
+    assert main(["train", "--genotype", str(out), *TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert "is a training run folder, not a search" in err and len(err.strip().splitlines()) == 1

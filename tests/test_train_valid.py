@@ -105,3 +105,20 @@ def test_without_a_split_the_last_epoch_is_reported(tmp_path):
     assert summary["selected"] == {"epoch": 1, "by": "last epoch (no validation split)"}
     assert not (tmp_path / "run" / "split.json").exists() and not (tmp_path / "run" / "best.pt").exists()
     assert "valid_acc" not in _lines(tmp_path / "run")[0]
+
+
+def test_streamed_images_are_split_too(tmp_path):
+    from test_train import make_folder
+    root = make_folder(tmp_path / "images", classes=3, train=4, test=2)
+    cfg = TrainConfig.from_dict({
+        "epochs": 2, "batch_size": 4, "seed": 1, "device": "cpu", "threads": 1,
+        "data": {"dataset": "imagefolder", "data_dir": str(root), "crop_padding": 0, "random_resized_crop": 16,
+                 "cutout": 0, "workers": 0, "valid_fraction": 0.25},
+        "network": {"cells": 3, "channels": 4, "auxiliary_weight": 0.0, "drop_path": 0.0}, "optim": {"lr": 0.05}})
+    full = Training(cfg, GENO, tmp_path / "full", progress=False)
+    assert full.data.num_valid == 3 and full.data.num_train == 9
+    summary = full.run()
+    assert summary["selected"]["by"] == "valid_acc" and all("valid_acc" in m for m in _lines(tmp_path / "full"))
+    Training(cfg, GENO, tmp_path / "part", progress=False).run(stop_after=1)
+    assert Training(cfg, GENO, tmp_path / "part", resume=True, progress=False).run()["selected"] == summary["selected"]
+    assert _lines(tmp_path / "part") == _lines(tmp_path / "full")

@@ -55,6 +55,7 @@ def genotype_from_source(source: str, *, size: tuple | None = None, pick: str | 
                                "not a folder")
         return _from_size_index(path, size)
     if path.is_dir():
+        _refuse_training_folder(path)
         last = _final_genotype(path)
         if (pick or "best") == "last":
             return last, f"last epoch of {path}: {_last_epoch(path)}"
@@ -62,6 +63,19 @@ def genotype_from_source(source: str, *, size: tuple | None = None, pick: str | 
     if pick is not None:
         raise GradnasError(f"--pick chooses the epoch of a search run folder; {source} is a genotype file, drop --pick")
     return load_genotype(path), str(path)
+
+
+def _refuse_training_folder(run_dir: Path) -> None:
+    """A training run folder holds a genotype too, but no search epochs to pick from: say what to give instead."""
+    import yaml
+    from gradnas.run import CONFIG_FILE
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return  # not ours to judge here: the genotype files decide
+    if isinstance(config, dict) and "method" not in config and "network" in config:
+        raise GradnasError(f"{run_dir} is a training run folder, not a search; train its genotype again with "
+                           f"--genotype {run_dir / GENOTYPE_FILE}, or continue it with `gradnas train --resume {run_dir}`")
 
 
 def _describe(selected: dict) -> str:
