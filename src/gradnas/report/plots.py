@@ -290,17 +290,20 @@ def plot_train_curves(run, out_dir) -> Path:
         ax.legend(fontsize=8)
     selected = (run.summary or {}).get("selected") or {}
     if selected.get("by") == "valid_acc":
-        ax_acc.axvline(selected["epoch"], color="gray", linestyle="--", linewidth=1)
+        ax_acc.axvline(selected["epoch"], color="gray", linestyle="--", linewidth=1,
+                       label=f"selected epoch {selected['epoch']} (best validation)")
+        ax_acc.legend(fontsize=8)
     xs, ys = run.series("lr")
     ax_lr.plot(xs, ys, color="black", label="learning rate", **_marker(len(xs)))
     ax_lr.set_xlabel("epoch")
     ax_lr.set_ylabel("learning rate")
     ax_lr.grid(alpha=0.3)
     dxs, dys = run.series("drop_path")
-    if dxs and any(dys):
+    if dxs:  # also when it stays 0 (network.drop_path: 0): the schedule is part of the run
         twin = ax_lr.twinx()
         twin.plot(dxs, dys, color="#d62728", linestyle="--", label="drop-path probability", **_marker(len(dxs)))
         twin.set_ylabel("drop-path probability")
+        twin.set_ylim(0, max(max(dys), 0.05) * 1.15)
         h1, l1 = ax_lr.get_legend_handles_labels()
         h2, l2 = twin.get_legend_handles_labels()
         ax_lr.legend(h1 + h2, l1 + l2, fontsize=8)
@@ -311,6 +314,7 @@ def plot_train_curves(run, out_dir) -> Path:
     ax_time.grid(alpha=0.3, axis="y")
     for ax in (ax_acc, ax_loss, ax_lr, ax_time):
         _epoch_axis(ax)
+    fig.subplots_adjust(wspace=0.4)  # room for the drop-path axis between the two lower panels
     fig.suptitle(f"{run.name}: {run.describe()}", fontsize=11)
     return save(fig, Path(out_dir) / "train-curves.png")
 
