@@ -62,13 +62,14 @@ def test_darts_genotype_is_refused():
 
 def test_lookup_command(tmp_path, capsys):
     assert main(["lookup", ALL_SKIP]) == 0
-    assert capsys.readouterr().out.splitlines() == [ALL_SKIP, "cifar10          54.30", "cifar100         15.61",
-                                                    "imagenet16-120   16.32"]
+    assert capsys.readouterr().out.splitlines() == [ALL_SKIP, "cifar10          54.30  rank 15231 / 15625",
+                                                    "cifar100         15.61  rank 15221 / 15625",
+                                                    "imagenet16-120   16.32  rank 14318 / 15625"]
     run = tmp_path / "run"
     run.mkdir()
     (run / "genotype.json").write_text(json.dumps(NB201Genotype.from_string(ALL_SKIP).to_dict()))
     assert main(["lookup", str(run)]) == 0  # a run folder: its genotype.json
-    assert capsys.readouterr().out.splitlines()[1] == "cifar10          54.30"
+    assert capsys.readouterr().out.splitlines()[1] == "cifar10          54.30  rank 15231 / 15625"
     assert main(["lookup", ALL_SKIP.replace("skip_connect~2", "conv~2")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gradnas: error: ") and "op 'conv' is not in the space" in err and len(err.splitlines()) == 1

@@ -222,7 +222,10 @@ def test_genotype_sources(tmp_path):
     save_genotype(DARTS_V2, tmp_path / "g.json")
     assert genotype_from_source(str(tmp_path / "g.json"))[0] == DARTS_V2
     run = _search_run(tmp_path / "run", DARTS_V2)
-    assert genotype_from_source(str(run))[0] == DARTS_V2
+    assert genotype_from_source(str(run), pick="last")[0] == DARTS_V2
+    # the default, best, needs best-genotype.json or metrics to choose from; this hand-made folder has neither
+    with pytest.raises(GradnasError, match="no best-genotype.json .* train its final genotype with --pick last"):
+        genotype_from_source(str(run))
     unfinished = _search_run(tmp_path / "unfinished", DARTS_V2, finished=False)
     with pytest.raises(GradnasError, match="has not finished.*--genotype .*genotype.json"):
         genotype_from_source(str(unfinished))

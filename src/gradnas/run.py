@@ -42,7 +42,7 @@ from gradnas.signals import Interrupted, StopAtOnce, StopOnSignal
 # The run folder's files (searches and training runs share the names; see each harness for what it writes).
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
 CHECKPOINT_FILE, GENOTYPE_FILE, SUMMARY_FILE = "checkpoint.pt", "genotype.json", "summary.json"
-NETWORK_FILE = "network.json"
+NETWORK_FILE, BEST_GENOTYPE_FILE = "network.json", "best-genotype.json"
 LOCK_FILE = ".lock"  # held (flock) by the one process writing the folder; it holds that process's pid
 
 

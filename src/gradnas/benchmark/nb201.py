@@ -9,6 +9,7 @@ CIFAR100TestAccuracy200Epochs, ImageNetTestAccuracy200Epochs, ArchitectureString
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import gzip
 import io
@@ -57,3 +58,24 @@ def lookup(cell) -> dict:
         return dict(load_table()[key])
     except KeyError:  # pragma: no cover - every NB201Genotype is one of the 15,625 cells
         raise GradnasError(f"cell {key} is not in the NAS-Bench-201 table") from None
+
+
+@lru_cache(maxsize=1)
+def _sorted_columns() -> dict:
+    """{dataset: every cell's accuracy, sorted high to low}."""
+    table = load_table()
+    return {name: sorted((row[name] for row in table.values()), reverse=True) for name in COLUMNS}
+
+
+def rank(cell) -> dict:
+    """The cell's rank among all 15,625 on each dataset by 200-epoch test accuracy (1 = best):
+    {dataset: {"rank": r, "of": 15625, "tied": k}}, where r is 1 + the number of cells with a strictly higher
+    accuracy (cells with equal accuracy share the rank) and k the number of *other* cells with the same accuracy."""
+    figures = lookup(cell)
+    out = {}
+    for name, column in _sorted_columns().items():
+        acc = figures[name]
+        higher = bisect.bisect_left([-v for v in column], -acc)  # column is descending
+        equal = bisect.bisect_right([-v for v in column], -acc) - higher
+        out[name] = {"rank": higher + 1, "of": len(column), "tied": equal - 1}
+    return out

@@ -33,8 +33,19 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version, or the package's own for a source tree that is not installed."""
+    from importlib import metadata
+    try:
+        return metadata.version("gradnas")
+    except metadata.PackageNotFoundError:
+        from gradnas import __version__
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradnas", description="Gradient-based neural architecture search.")
+    parser.add_argument("--version", action="version", version=f"gradnas {version()}")
     plugins.add_option(parser, before_command=True)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS.values():

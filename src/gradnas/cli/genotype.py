@@ -40,7 +40,9 @@ def add_genotype_parser(sub):
 def add_lookup_parser(sub):
     p = sub.add_parser("lookup", help="NAS-Bench-201 test accuracy of a cell",
                        description="The 200-epoch test accuracy (%%) of a NAS-Bench-201 cell on CIFAR-10, "
-                                   "CIFAR-100 and ImageNet16-120, from the benchmark table shipped with gradnas.")
+                                   "CIFAR-100 and ImageNet16-120, from the benchmark table shipped with gradnas, and "
+                                   "its rank among the 15,625 cells on each (1 = best; cells with equal accuracy "
+                                   "share a rank, and the ties are stated).")
     p.add_argument("genotype", help="'|op~0|+|op~0|op~1|+|op~0|op~1|op~2|', an NB-201 genotype.json or a run folder")
     return p
 
@@ -69,10 +71,13 @@ def run_genotype(args) -> int:
 
 
 def run_lookup(args) -> int:
-    from gradnas.benchmark.nb201 import lookup
+    from gradnas.benchmark.nb201 import lookup, rank
     geno = read_genotype(args.genotype)
-    figures = lookup(geno)
+    figures, ranks = lookup(geno), rank(geno)
     print(geno.to_string())
     for name, acc in figures.items():
-        print(f"{name:16s}{acc:6.2f}")
+        r = ranks[name]
+        tied = (f" (tied with {r['tied']} other cell{'s' if r['tied'] > 1 else ''} at {acc:.2f}: a shared rank, "
+                f"1 + the cells above)" if r["tied"] else "")
+        print(f"{name:16s}{acc:6.2f}  rank {r['rank']} / {r['of']}{tied}")
     return 0

@@ -9,9 +9,10 @@ from gradnas.cli.common import is_dir, read_genotype
 
 def add_plot_parser(sub):
     p = sub.add_parser("plot", help="draw a run's figures to PNG",
-                       description="Draw a run's figures: relaxed op weights per edge over epochs, training "
-                                   "curves, the probes that were recorded, and the derived cells (needs Graphviz's "
-                                   "`dot`). Works on unfinished runs too.")
+                       description="Draw a run's figures. A search: relaxed op weights per edge over epochs, training "
+                                   "curves, the probes that were recorded, NAS-Bench-201 accuracy per epoch, and the "
+                                   "derived cells (needs Graphviz's `dot`). A training run: accuracy, loss, lr and "
+                                   "drop-path schedule, and its cells. Works on unfinished runs too.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", help="folder for the PNGs (default: RUN_DIR/plots)")
     return p
@@ -29,9 +30,11 @@ def add_draw_parser(sub):
 
 def add_report_parser(sub):
     p = sub.add_parser("report", help="write report.md beside a run",
-                       description="Write RUN_DIR/report.md: config, genotype and cell diagrams, parameters, "
-                                   "metric curves, probes, model sizes and benchmark accuracy when recorded, wall "
-                                   "time per epoch. Figures go to RUN_DIR/plots.")
+                       description="Write RUN_DIR/report.md. A search: config, genotype and cell diagrams, "
+                                   "parameters, metric curves, probes, model sizes and benchmark accuracy when "
+                                   "recorded, wall time per epoch. A training run: test top-1 / top-5, parameters, "
+                                   "multiply-adds, the reported epoch, curves and schedules. Figures go to "
+                                   "RUN_DIR/plots.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     return p
 
@@ -51,9 +54,10 @@ def add_sizes_parser(sub):
 
 def add_compare_parser(sub):
     p = sub.add_parser("compare", help="one table and overlaid plots for several runs",
-                       description="Compare runs (methods, lambdas, seeds): final and best validation accuracy, "
+                       description="Compare searches (methods, lambdas, seeds): final and best validation accuracy, "
                                    "gap, search time per epoch, genotype, parameters and NB201 accuracy, with mean "
-                                   "and standard deviation over runs that differ only in seed.")
+                                   "and standard deviation over runs that differ only in seed; or training runs: "
+                                   "test top-1 / top-5, parameters, multiply-adds and curves. All of one kind.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="compare", help="folder for compare.md and the plots (default: ./compare)")
     return p
@@ -101,8 +105,9 @@ def run_sizes(args) -> int:
     from gradnas.report.plots import plot_sizes
     from gradnas.report.report import PLOTS_DIR
     from gradnas.report.run import load_run
+    from gradnas.report.run import SEARCH
     from gradnas.report.sizes import format_table, size_records, sizes_table, stop_record
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, kinds=(SEARCH,), command="`gradnas sizes` (the model sizes a search went through)")
     epochs, entries, recorded = size_records(run)
     if not recorded:
         print(f"gradnas: note: {run.path} has no model-size records (searched before gradnas tracked them); sizes "

@@ -20,9 +20,12 @@ def add_parser(sub):
                                    "global batch is split over K processes.")
     p.add_argument("--genotype", metavar="SOURCE", help="genotype JSON file, genotype string (DARTS "
                                                          "'normal=|...|;reduce=|...|' or NB-201 '|op~0|+|...|') or "
-                                                         "search run folder (its final genotype)")
+                                                         "search run folder (the genotype --pick chooses)")
     p.add_argument("--size", metavar="N,R", help="with a run folder: the genotype its model-size index lists for "
                                                  "N convolutions in the normal and R in the reduction cell")
+    p.add_argument("--pick", choices=("best", "last"),
+                   help="with a search run folder: best (the default; the epoch with the best validation accuracy, "
+                        "best-genotype.json, as MiLeNAS section 4.1 chooses) or last (its final genotype)")
     p.add_argument("--setting", help="cifar, imagenet, nb201, quick (the default) or a YAML file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set optim.lr=0.05 --set network.drop_path=0.3 (repeatable)")
@@ -64,7 +67,8 @@ def run(args) -> int:
     if args.resume:
         overrides.check_training_folder(args.resume)
         check_resume_out(args)
-        for flag, given in (("--setting", args.setting), ("--genotype", args.genotype), ("--size", args.size)):
+        for flag, given in (("--setting", args.setting), ("--genotype", args.genotype), ("--size", args.size),
+                            ("--pick", args.pick)):
             if given:
                 raise GradnasError(f"--resume takes the setting and genotype from the run folder; drop {flag}")
         saved = overrides.saved_train_config(args.resume)
@@ -75,7 +79,7 @@ def run(args) -> int:
         if not args.genotype:
             raise GradnasError("give the architecture to train: --genotype FILE|STRING|RUN_DIR (or --resume RUN_DIR)")
         size = parse_size(args.size) if args.size else None
-        genotype, source = genotype_from_source(args.genotype, size=size)
+        genotype, source = genotype_from_source(args.genotype, size=size, pick=args.pick)
         cfg = overrides.resolve_train_config(args.setting, train_flags(args), args.set)
     with process_group(cfg.device, args.dist_timeout) as world:
         if not args.resume:
@@ -93,6 +97,10 @@ def run(args) -> int:
     say(f"params: {summary['params_m']:.3f}M  multiply-adds: {summary['macs_m']:.1f}M")
     if "test_acc" in summary:
         top5 = f"  top-5: {summary['test_top5']:.2f}%" if "test_top5" in summary else ""
-        say(f"test acc: {summary['test_acc']:.2f}%{top5}")
+        say(f"test acc: {summary['test_acc']:.2f}%{top5} (last epoch)")
+    selected = summary.get("selected") or {}
+    if selected.get("by") == "valid_acc":
+        say(f"selected: epoch {selected['epoch']} by validation accuracy {selected['valid_acc']:.2f}% "
+            f"(test acc {selected['test_acc']:.2f}% there); its weights are in {out / selected['weights']}")
     say(f"run folder: {out}")
     return 0

@@ -40,14 +40,31 @@ def read_genotype(source):
     return load_genotype(text)
 
 
+GRAPHVIZ_MISSING = ("the Python package `graphviz` is needed to draw cells and is not installed; install it with "
+                    "`pip install 'gradnas[draw]'` (or `pip install graphviz`), plus Graphviz's `dot` program, and run "
+                    "again")
+
+
+def _graphviz():
+    """The graphviz module (an optional dependency: the ``draw`` extra), or the GradnasError saying how to get it."""
+    try:
+        import graphviz
+    except ModuleNotFoundError as exc:
+        if exc.name != "graphviz":
+            raise
+        raise GradnasError(GRAPHVIZ_MISSING) from None
+    return graphviz
+
+
 def cell_graphs(genotype) -> dict:
     """{name: graphviz.Digraph} for every cell of the genotype, drawn by its space."""
+    _graphviz()  # the spaces' drawings import it when they draw
     return space_of(genotype).draw(genotype)
 
 
 def render(graph, path: Path) -> Path:
     """Write the graph as an image; the format follows the file suffix (.png, .svg, .pdf)."""
-    import graphviz
+    graphviz = _graphviz()
     path = Path(path)
     fmt = path.suffix.lstrip(".") or "png"
     try:

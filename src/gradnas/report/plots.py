@@ -1,9 +1,11 @@
 """PNG figures of a run and of several runs, drawn with matplotlib's Agg canvas (no display, no pyplot).
 
-One run: relaxed op weights per edge over epochs (single-level paper Figure 1), training curves, and,
+One search: relaxed op weights per edge over epochs (single-level paper Figure 1), training curves, and,
 when they were recorded, the gap (MiLeNAS Figure 2a), gradient correlation (single-level paper Figure 2)
-and dL/dp (its Figure 3) probes. Several runs: validation accuracy, gap and search time overlaid
-(MiLeNAS Figure 2 a-c), runs that differ only in seed drawn as their mean with a +-1 std band.
+and dL/dp (its Figure 3) probes and the NAS-Bench-201 accuracy of the derived cell. Several searches:
+validation accuracy, gap, search time and NAS-Bench-201 accuracy overlaid (MiLeNAS Figure 2 a-c), runs that
+differ only in seed drawn as their mean with a +-1 std band. Training runs: accuracy, loss and schedules of
+one run; test accuracy and loss of several.
 """
 from __future__ import annotations
 
@@ -249,6 +251,74 @@ def plot_dl_dp(run, out_dir) -> Path | None:
     return save(fig, Path(out_dir) / "dl-dp.png")
 
 
+def plot_nb201(run, out_dir) -> Path | None:
+    """nb201.png: the NAS-Bench-201 test accuracy (200 epochs, from the benchmark) of every epoch's derived cell,
+    one line per dataset, as BenchmarkLookup recorded them."""
+    datasets = sorted({k for m in run.metrics if isinstance(m.get("nb201"), dict) for k in m["nb201"]})
+    if not datasets:
+        return None
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    for dataset, color in zip(datasets, _colors(len(datasets))):
+        xs, ys = run.nb201_series(dataset)
+        ax.plot(xs, ys, color=color, label=dataset, **_marker(len(xs)))
+    _epoch_axis(ax)
+    ax.set_xlabel("round" if run.has("phase") else "epoch")
+    ax.set_ylabel("NAS-Bench-201 test accuracy (%)")
+    ax.set_title(f"{run.name}: benchmark accuracy of the derived cell ({run.describe()})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, Path(out_dir) / "nb201.png")
+
+
+def plot_train_curves(run, out_dir) -> Path:
+    """train-curves.png of a training run: accuracy (train, validation split, test top-1 / top-5), loss, the
+    learning-rate and drop-path schedules, and wall time per epoch."""
+    fig = Figure(figsize=(12, 7.5))
+    (ax_acc, ax_loss), (ax_lr, ax_time) = fig.subplots(2, 2)
+    for ax, keys, label in ((ax_acc, (("train_acc", "train (running, augmented)"), ("valid_acc", "validation split"),
+                                      ("test_acc", "test top-1"), ("test_top5", "test top-5")), "accuracy (%)"),
+                            (ax_loss, (("train_loss", "train (running)"), ("valid_loss", "validation split"),
+                                       ("test_loss", "test")), "cross-entropy loss")):
+        for key, name in keys:
+            xs, ys = run.series(key)
+            if xs:
+                ax.plot(xs, ys, label=name, **_marker(len(xs)))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    selected = (run.summary or {}).get("selected") or {}
+    if selected.get("by") == "valid_acc":
+        ax_acc.axvline(selected["epoch"], color="gray", linestyle="--", linewidth=1,
+                       label=f"selected epoch {selected['epoch']} (best validation)")
+        ax_acc.legend(fontsize=8)
+    xs, ys = run.series("lr")
+    ax_lr.plot(xs, ys, color="black", label="learning rate", **_marker(len(xs)))
+    ax_lr.set_xlabel("epoch")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.grid(alpha=0.3)
+    dxs, dys = run.series("drop_path")
+    if dxs:  # also when it stays 0 (network.drop_path: 0): the schedule is part of the run
+        twin = ax_lr.twinx()
+        twin.plot(dxs, dys, color="#d62728", linestyle="--", label="drop-path probability", **_marker(len(dxs)))
+        twin.set_ylabel("drop-path probability")
+        twin.set_ylim(0, max(max(dys), 0.05) * 1.15)
+        h1, l1 = ax_lr.get_legend_handles_labels()
+        h2, l2 = twin.get_legend_handles_labels()
+        ax_lr.legend(h1 + h2, l1 + l2, fontsize=8)
+    xs, ys = run.series("epoch_time")
+    ax_time.bar(xs, ys, color="#1f77b4")
+    ax_time.set_xlabel("epoch")
+    ax_time.set_ylabel("wall time (s)")
+    ax_time.grid(alpha=0.3, axis="y")
+    for ax in (ax_acc, ax_loss, ax_lr, ax_time):
+        _epoch_axis(ax)
+    fig.subplots_adjust(wspace=0.4)  # room for the drop-path axis between the two lower panels
+    fig.suptitle(f"{run.name}: {run.describe()}", fontsize=11)
+    return save(fig, Path(out_dir) / "train-curves.png")
+
+
 # ---- several runs ------------------------------------------------------------------------------
 
 def _band(ax, curves, color, label):
@@ -337,6 +407,61 @@ def plot_comparison(groups, out_dir) -> list:
     ax_bar.set_xlabel("search time per epoch (s)")
     ax_bar.grid(alpha=0.3, axis="x")
     paths.append(save(fig, out_dir / "compare-search-time.png"))
+
+    datasets = sorted({k for _, runs in groups for r in runs for m in r.metrics if isinstance(m.get("nb201"), dict)
+                       for k in m["nb201"]})
+    if datasets:  # NAS-Bench-201 searches: the benchmark accuracy of the derived cell per epoch, mean +- std
+        fig = Figure(figsize=(5 * len(datasets), 4.5))
+        axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+        for ax, dataset in zip(axes, datasets):
+            for (label, runs), color in zip(groups, colors):
+                curves = [c for c in (r.nb201_series(dataset) for r in runs) if c[0]]
+                if curves:
+                    _band(ax, curves, color, label)
+            _epoch_axis(ax)
+            ax.set_xlabel("epoch (round for pvll)")
+            ax.set_ylabel(f"NAS-Bench-201 test accuracy on {dataset} (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle("benchmark accuracy of the derived cell during search", fontsize=11)
+        paths.append(save(fig, out_dir / "compare-nb201.png"))
+    return paths
+
+
+def plot_train_comparison(groups, out_dir) -> list:
+    """compare-test-acc.png and compare-loss.png for groups [(label, [training Run, ...])]: test top-1 accuracy and
+    training / test loss per epoch overlaid, runs that differ only in seed as mean +- std."""
+    out_dir = Path(out_dir)
+    colors = _colors(len(groups))
+    paths = []
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    for (label, runs), color in zip(groups, colors):
+        _band(ax, [r.series("test_acc") for r in runs], color, label)
+        valid = [r.series("valid_acc") for r in runs if r.has("valid_acc")]
+        if valid:
+            _band(ax, valid, color, f"{label}, validation split")
+            ax.lines[-1].set_linestyle("--")
+    _epoch_axis(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("test top-1 accuracy (dashed: validation split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(save(fig, out_dir / "compare-test-acc.png"))
+    fig = Figure(figsize=(12, 4.5))
+    ax_train, ax_test = fig.subplots(1, 2, sharey=True)
+    for (label, runs), color in zip(groups, colors):
+        _band(ax_train, [r.series("train_loss") for r in runs], color, label)
+        _band(ax_test, [r.series("test_loss") for r in runs], color, label)
+    for ax, title in ((ax_train, "training loss (running)"), (ax_test, "test loss")):
+        _epoch_axis(ax)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_train.set_ylabel("cross-entropy loss")
+    paths.append(save(fig, out_dir / "compare-loss.png"))
     return paths
 
 

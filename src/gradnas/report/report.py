@@ -1,4 +1,4 @@
-"""`gradnas plot` and `gradnas report`: the figures of one run, and report.md beside it.
+"""`gradnas plot` and `gradnas report`: the figures of one run (a search or a training run), and report.md beside it.
 
 report.md links its figures relatively (plots/*.png), so the run folder can be moved or zipped whole.
 """
@@ -16,7 +16,7 @@ from gradnas.report.cells import draw_genotype, read_genotype
 from gradnas.report.params import LABEL as PARAMS_LABEL
 from gradnas.report.params import NOTE as PARAMS_NOTE
 from gradnas.report.params import run_params
-from gradnas.report.run import Run, load_run, md_table
+from gradnas.report.run import TRAINING, Run, load_run, md_table
 from gradnas.report.sizes import size_records, sizes_markdown, stop_record
 
 PLOTS_DIR = "plots"
@@ -29,6 +29,9 @@ def plot_run(run: Run, out_dir=None) -> tuple[list, list, list]:
     Returns (paths written, probes not recorded in the run, warnings about figures that could not be drawn)."""
     out_dir = Path(out_dir) if out_dir is not None else run.path / PLOTS_DIR
     paths, missing, warnings = [], [], []
+    if run.kind == TRAINING:
+        from gradnas.report.train_report import plot_training
+        return plot_training(run, out_dir)
     paths += plots.plot_edge_weights(run, out_dir)
     paths.append(plots.plot_curves(run, out_dir))
     for name, fn in (("gap", plots.plot_gap), ("grad_corr", plots.plot_grad_corr), ("dl_dp", plots.plot_dl_dp)):
@@ -37,6 +40,9 @@ def plot_run(run: Run, out_dir=None) -> tuple[list, list, list]:
             missing.append(name)
         else:
             paths.append(path)
+    nb201 = plots.plot_nb201(run, out_dir)
+    if nb201 is not None:
+        paths.append(nb201)
     if run.has("normal_convs"):  # the model sizes the search recorded (MiLeNAS Figure 3b/3c)
         epochs, entries, _ = size_records(run)
         paths += plots.plot_sizes(run, out_dir, epochs=epochs, entries=entries, stop=stop_record(run))
@@ -60,6 +66,9 @@ def write_report(run_dir) -> tuple[Path, list, list]:
     """Draw the run's figures and write RUN_DIR/report.md. Returns (report path, probes not recorded,
     warnings)."""
     run = load_run(run_dir)
+    if run.kind == TRAINING:
+        from gradnas.report.train_report import write_train_report
+        return write_train_report(run)
     out_plots = run.path / PLOTS_DIR
     paths, missing, warnings = plot_run(run, out_plots)
     names = {p.name for p in paths}
@@ -121,6 +130,11 @@ def write_report(run_dir) -> tuple[Path, list, list]:
             md.append("\nGradient of the loss alpha descends with respect to each op's relaxed weight p "
                       "(single-level paper eq. 8, Fig. 3).\n\n")
             md.append(image("dl-dp.png", "dL/dp"))
+
+    if image("nb201.png", ""):
+        md.append("\n## NAS-Bench-201 accuracy of the derived cell\n")
+        md.append("The benchmark's 200-epoch test accuracy of each epoch's derived cell (looked up, not trained).\n\n")
+        md.append(image("nb201.png", "NAS-Bench-201 accuracy per epoch"))
 
     if run.sizes:
         md.append("\n## Model sizes\n")

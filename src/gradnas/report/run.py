@@ -1,8 +1,10 @@
-"""A finished or unfinished search, read back from its run folder (never from a live Search).
+"""A finished or unfinished search or training run, read back from its run folder (never from a live run).
 
 Reads what `gradnas search` writes (config.yaml, metrics.jsonl, summary.json, genotype.json) and what
 other tools may add: ``nb201`` benchmark accuracies in metrics lines or summary.json, and a model-size
-index ``sizes/index.json``. Missing optional pieces are None; a folder that is not a run is an error.
+index ``sizes/index.json``; and what `gradnas train` writes (the same files and network.json). ``Run.kind``
+tells the two apart by the config (a search's names a method, a training run's a network and an optimizer).
+Missing optional pieces are None; a folder that is not a run, or not the kind a command reads, is an error.
 """
 from __future__ import annotations
 
@@ -15,9 +17,22 @@ from pathlib import Path
 import yaml
 
 from gradnas.errors import GradnasError
-from gradnas.run import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from gradnas.run import CONFIG_FILE, GENOTYPE_FILE, METRICS_FILE, NETWORK_FILE, SUMMARY_FILE
 
 SIZES_INDEX = "sizes/index.json"  # written by the model-size based search, when it ran
+SEARCH, TRAINING = "search", "training"
+KIND_WORDS = {SEARCH: "a search run folder", TRAINING: "a training run folder"}
+
+
+def run_kind(config: dict) -> str | None:
+    """SEARCH, TRAINING, or None for a config that is neither's."""
+    if not isinstance(config, dict):
+        return None
+    if "method" in config:
+        return SEARCH
+    if "network" in config and "optim" in config:
+        return TRAINING
+    return None
 
 
 @dataclass
@@ -27,6 +42,12 @@ class Run:
     metrics: list = field(default_factory=list)
     summary: dict | None = None
     sizes: list | None = None
+    network: dict | None = None   # a training run's network.json (params, multiply-adds)
+    genotype_file: str | None = None  # the genotype.json string (a training run's genotype)
+
+    @property
+    def kind(self) -> str | None:
+        return run_kind(self.config)
 
     @property
     def name(self) -> str:
@@ -62,7 +83,7 @@ class Run:
     def genotype_string(self) -> str | None:
         if self.summary and self.summary.get("genotype"):
             return self.summary["genotype"]
-        return self.last.get("genotype")
+        return self.last.get("genotype") or self.genotype_file
 
     @property
     def final_valid_acc(self) -> float | None:
@@ -114,9 +135,26 @@ class Run:
                 return value
         return None
 
+    def nb201_series(self, dataset: str) -> tuple[list, list]:
+        """(epochs, benchmark test accuracy %) of each unit's derived cell on ``dataset`` (BenchmarkLookup's)."""
+        xs, ys = [], []
+        for m in self.metrics:
+            value = (m.get("nb201") or {}).get(dataset) if isinstance(m.get("nb201"), dict) else None
+            if isinstance(value, (int, float)):
+                xs.append(m["epoch"])
+                ys.append(float(value))
+        return xs, ys
+
     def describe(self) -> str:
-        """method (with lambda for MiLeNAS), order, relaxation: the words a table row needs."""
+        """method (with lambda for MiLeNAS), order, relaxation: the words a table row needs (a training run:
+        its space, dataset and network size)."""
         c = self.config
+        if self.kind == TRAINING:
+            n = c.get("network", {})
+            space = (self.network or {}).get("space") or ("nb201" if (self.genotype_string or "").startswith("|")
+                                                         else "darts")
+            return (f"train {space} on {c.get('data', {}).get('dataset', '?')}, {n.get('cells')} cells x "
+                    f"{n.get('channels')} channels")
         method = c.get("method", "?")
         words = [method]
         if method == "milenas":
@@ -133,19 +171,27 @@ def _num(v) -> str:
     return str(v)
 
 
-def load_run(path, *, need_epochs: bool = True) -> Run:
-    """Read a run folder. ``need_epochs``: refuse a run with no finished epoch (nothing to show)."""
+def load_run(path, *, need_epochs: bool = True, kinds=(SEARCH, TRAINING), command: str | None = None) -> Run:
+    """Read a run folder. ``need_epochs``: refuse a run with no finished epoch (nothing to show). ``kinds``: the
+    kinds of run the caller reads; another kind is refused in one line naming ``command`` (what it reads)."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         if path.is_dir() and any((p / CONFIG_FILE).is_file() for p in path.iterdir() if p.is_dir()):
             raise GradnasError(f"{path} holds run folders but is not one itself; give the run folders "
                                f"(e.g. {path}/*)")
         raise GradnasError(f"{path} is not a gradnas run folder (no {CONFIG_FILE}); give a folder written by "
-                           "`gradnas search`")
+                           "`gradnas search` or `gradnas train`")
     try:
         config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
     except yaml.YAMLError as exc:
         raise GradnasError(f"{path / CONFIG_FILE} is not valid YAML ({exc})") from None
+    kind = run_kind(config)
+    if kind is None:
+        raise GradnasError(f"{path} is not a gradnas run folder (its {CONFIG_FILE} is neither a search's nor a "
+                           "training run's)")
+    if kind not in kinds:
+        wanted = " or ".join(KIND_WORDS[k] for k in kinds)
+        raise GradnasError(f"{path} is {KIND_WORDS[kind]}; {command or 'this command'} reads {wanted}")
     metrics = []
     metrics_path = path / METRICS_FILE
     if metrics_path.is_file():
@@ -167,9 +213,12 @@ def load_run(path, *, need_epochs: bool = True) -> Run:
         raise GradnasError(f"{path} has no finished epoch yet ({METRICS_FILE} is empty); plot or report it after "
                            "the first epoch")
     summary = _read_json(path / SUMMARY_FILE)
-    sizes = _read_json(path / SIZES_INDEX)
+    sizes = _read_json(path / SIZES_INDEX) if kind == SEARCH else None
+    network = _read_json(path / NETWORK_FILE) if kind == TRAINING else None
+    genotype = _read_json(path / GENOTYPE_FILE) if kind == TRAINING else None
     return Run(path=path, config=config, metrics=metrics, summary=summary if isinstance(summary, dict) else None,
-               sizes=sizes if isinstance(sizes, list) else None)
+               sizes=sizes if isinstance(sizes, list) else None, network=network if isinstance(network, dict) else None,
+               genotype_file=genotype.get("string") if isinstance(genotype, dict) else None)
 
 
 def _read_json(path: Path):

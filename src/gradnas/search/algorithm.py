@@ -116,3 +116,11 @@ class SearchAlgorithm:
 
     def progress_line(self, record: dict) -> str | None:
         return None
+
+    def validated(self, record: dict):
+        """(genotype, validation accuracy %, what the accuracy is) of the unit just finished, for the best-cell
+        choice (best-genotype.json), or None when the unit measured none. By default the unit's derived genotype
+        and the record's ``valid_acc``."""
+        if record.get("valid_acc") is None or self.last_genotype is None:
+            return None
+        return self.last_genotype, float(record["valid_acc"]), "valid_acc"

@@ -10,7 +10,8 @@
 * :class:`BenchmarkLookup`: the tabular benchmark's figures for the derived cell (every unit and the summary)
   where the space has one (NAS-Bench-201).
 * :class:`ProbeRunner`: the optional probes (``gradnas.search.probes``).
-* :class:`GenotypeWriter`: the derived genotype in genotype.json after every unit.
+* :class:`GenotypeWriter`: the derived genotype in genotype.json after every unit, and the best unit's genotype
+  (by validation accuracy) in best-genotype.json (``gradnas.search.best``).
 
 The callbacks read the job through ``run.job``: ``model``, ``last_genotype`` (the unit's derived genotype) and,
 for the per-batch methods' loop (``gradnas.search.gradient.GradientSearch``), ``method`` and ``set_lr_scale``.
@@ -26,7 +27,8 @@ from gradnas.benchmark import benchmark_for
 from gradnas.callbacks import Callback
 from gradnas.config import SearchConfig
 from gradnas.errors import GradnasError
-from gradnas.run import GENOTYPE_FILE
+from gradnas.run import BEST_GENOTYPE_FILE, GENOTYPE_FILE, write_json
+from gradnas.search.best import BestTracker
 from gradnas.search.probes import Probes
 from gradnas.search.sizes import SizeTracker
 from gradnas.space.genotype import non_learnable_share, save_genotype
@@ -174,8 +176,43 @@ class ProbeRunner(Callback):
 
 
 class GenotypeWriter(Callback):
-    """genotype.json: the derived genotype after every unit (the main process)."""
+    """genotype.json: the derived genotype after every unit; best-genotype.json: the genotype of the unit with the
+    best validation accuracy so far, ties to the earlier unit (what the job's ``validated(record)`` says a unit
+    measured: see ``gradnas.search.best``). The best is checkpointed, so a resumed search ends with the file an
+    uninterrupted one writes. Files are written by the main process."""
+
+    state_key = "best_genotype"
+
+    def __init__(self):
+        self.tracker = BestTracker()
 
     def on_epoch_end(self, run, record):
+        measured = run.job.validated(record)
+        changed = False
+        if measured is not None:
+            genotype, acc, by = measured
+            changed = self.tracker.offer(genotype, epoch=record["epoch"], acc=acc, by=by)
         if run.is_main:
             save_genotype(run.job.last_genotype, run.folder.file(GENOTYPE_FILE))
+            if changed:
+                self._write(run)
+
+    def _write(self, run):
+        content = self.tracker.content(run.job.unit)
+        path = run.folder.file(BEST_GENOTYPE_FILE)
+        if content is not None:
+            write_json(path, content)
+        elif path.exists():
+            path.unlink()
+
+    def state_dict(self):
+        return self.tracker.state_dict()
+
+    def on_resume(self, run, state):
+        """The checkpointed best; for a checkpoint from before it, chosen again from the metrics lines kept."""
+        if state is not None:
+            self.tracker.load_state_dict(state)
+        else:
+            self.tracker.replay(run.resumed_records)
+        if run.is_main:
+            self._write(run)  # the file may hold a unit past the checkpoint

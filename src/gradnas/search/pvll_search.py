@@ -153,6 +153,7 @@ class PVLLSearch(SearchAlgorithm):
         self._stream = None  # (next batch position, iterator) of the training batch stream
         self.run = None  # the harness, while it runs this search (its NaN error)
         self._bar = None
+        self.measured = None  # (genotype, accuracy) of the cell the round in flight measured
 
     def builtin_callbacks(self) -> list:
         return [*cbs.BenchmarkLookup.for_space(self.cfg.space), cbs.GenotypeWriter()]
@@ -283,6 +284,7 @@ class PVLLSearch(SearchAlgorithm):
         pc = self.cfg.pvll
         phase, i = self.plan[r]
         record = {"epoch": r + 1, "phase": phase, "step": i + 1}
+        self.measured = None
         noise = None
         if phase == "search":
             g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + r + _PVLL_STREAM) % 2**63)
@@ -296,6 +298,7 @@ class PVLLSearch(SearchAlgorithm):
         if phase != "warmup-train":
             loss, acc = self._measure(r)
             record.update(measured_loss=loss, measured_acc=acc)
+            self.measured = (self.model.genotype(), acc)  # the sampled cell (alpha holds H), as measured
             self.pvll.observe(h, loss)
             est = None
             if phase == "search":
@@ -323,6 +326,15 @@ class PVLLSearch(SearchAlgorithm):
                 post["tau"] = f"{record['kendall_tau']:.2f}"
             self._bar.set_postfix(post)
         return record
+
+    def validated(self, record: dict):
+        """A round measures its *sampled* cell on the architecture half, not the cell derived from A: the round's
+        validated genotype is the sampled one (the space's derivation of H) with its measured accuracy; None for
+        a warm-up training round, which measures nothing."""
+        if self.measured is None:
+            return None
+        genotype, acc = self.measured
+        return genotype, float(acc), "measured_acc"
 
     def progress_line(self, record: dict) -> str | None:
         phase, i = self.plan[record["epoch"] - 1]

@@ -37,6 +37,9 @@ class TrainDataConfig:
     mean: tuple | None = None            # per-channel normalisation; None = the dataset's own
     std: tuple | None = None
     workers: int = 4                     # decoding processes with random_resized_crop (0 = decode in this process)
+    valid_fraction: float = 0.0          # > 0: hold out this share of the training images (a seeded choice, saved in
+                                         # split.json), measure them every epoch and keep the best epoch's weights;
+                                         # 0 = train on all of them and report the last epoch (the papers' setting)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class TrainConfig:
             (d.mean is None or d.std is None or (len(d.mean) == len(d.std) and all(s > 0 for s in d.std)),
              "data.mean and data.std need one value per channel and positive std values"),
             (d.workers >= 0, f"data.workers must be >= 0, got {d.workers}"),
+            (isinstance(d.valid_fraction, (int, float)) and 0 <= d.valid_fraction < 1,
+             f"data.valid_fraction must be in [0, 1), got {d.valid_fraction}"),
             # (the DARTS network needs >= 3 cells and an even channel count; it says so when built)
             (n.cells >= 1, f"network.cells must be >= 1, got {n.cells}"),
             (n.channels >= 1, f"network.channels must be >= 1, got {n.channels}"),

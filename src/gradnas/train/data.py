@@ -1,9 +1,14 @@
-"""The batches of a training run: the whole training set for the weights, the test set for the report.
+"""The batches of a training run: the training set for the weights, the test set for the report and, with
+``data.valid_fraction`` > 0, a held-out validation split of the training set for choosing the epoch.
 
 Two ways to get images, chosen by ``data.random_resized_crop``: 0 holds the dataset in memory as one uint8
 tensor and augments batches on the device (pad-and-crop, flip, cutout: the CIFAR recipe); > 0 decodes an
 ImageFolder batch by batch with a random-resized crop (the ImageNet recipe, ``gradnas.data.stream``).
-In a data-parallel run each rank gets its share of every training batch and of the test set.
+In a data-parallel run each rank gets its share of every training batch and of the test (and validation) set.
+
+The validation split (:func:`make_valid_split`) is drawn from the seed over the training images (after
+``data.subset``), saved in the run folder (split.json) and read back on resume, so a resumed run trains and
+measures exactly the images it did; its images are never in a training batch.
 """
 from __future__ import annotations
 
@@ -34,6 +39,47 @@ class TrainData:
     image_size: tuple          # (H, W) the network sees
     num_train: int
     num_test: int
+    valid: Callable[[], Iterator] | None = None   # the held-out validation batches (None: no split)
+    num_valid: int = 0
+    split: dict | None = None  # {"num_images", "train", "valid"}: indices into the dataset's training images
+
+
+_VALID_STREAM = 0x7A11D  # added to the seed: the split never shares a random stream with the subset's choice
+
+
+def make_valid_split(pool: list, fraction: float, seed: int, *, num_images: int) -> dict:
+    """Hold out ``fraction`` of the training images ``pool`` (indices into the dataset's ``num_images`` training
+    images), a seeded random choice: {"num_images", "train", "valid"}, both lists sorted."""
+    n_valid = max(1, round(fraction * len(pool)))
+    if n_valid >= len(pool):
+        raise GradnasError(f"data.valid_fraction {fraction:g} of {len(pool)} training images leaves none to train "
+                           "on; lower it or use more images")
+    perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed + _VALID_STREAM)).tolist()
+    return {"num_images": num_images, "fraction": fraction, "train": sorted(pool[i] for i in perm[n_valid:]),
+            "valid": sorted(pool[i] for i in perm[:n_valid])}
+
+
+def check_valid_split(split: dict, *, num_images: int, pool: list, fraction: float, source: str) -> dict:
+    """Refuse a saved split that does not belong to these images and settings (the message says why)."""
+    try:
+        train, valid, n = list(split["train"]), list(split["valid"]), int(split["num_images"])
+        saved_fraction = float(split.get("fraction", fraction))
+    except (KeyError, TypeError, ValueError):
+        raise GradnasError(f"{source} is not a training split (num_images, train, valid); start a new --out") from None
+    if n != num_images or saved_fraction != fraction or sorted(train + valid) != sorted(pool) or set(train) & set(valid):
+        raise GradnasError(f"{source} does not split these training images (data, data.subset or "
+                           "data.valid_fraction changed); resume with the same data or start a new --out")
+    return {"num_images": n, "fraction": fraction, "train": train, "valid": valid}
+
+
+def _split(cfg: TrainDataConfig, n: int, chosen, seed: int, saved: dict | None, source: str) -> dict | None:
+    """The validation split of a run (``saved``: split.json's content on resume), or None without one."""
+    if not cfg.valid_fraction:
+        return None
+    pool = chosen.tolist() if chosen is not None else list(range(n))
+    if saved is not None:
+        return check_valid_split(saved, num_images=n, pool=pool, fraction=cfg.valid_fraction, source=source)
+    return make_valid_split(pool, cfg.valid_fraction, seed, num_images=n)
 
 
 def _pick_subset(n: int, subset: int | None, seed: int) -> torch.Tensor | None:
@@ -46,12 +92,14 @@ def _pick_subset(n: int, subset: int | None, seed: int) -> torch.Tensor | None:
 
 
 def make_train_data(cfg: TrainDataConfig, *, batch_size: int, seed: int, device: torch.device,
-                    world: World) -> TrainData:
-    """Load (or index) the dataset of ``cfg`` and build this rank's training and test batches."""
+                    world: World, split: dict | None = None, split_source: str = "split.json") -> TrainData:
+    """Load (or index) the dataset of ``cfg`` and build this rank's training, test and (with
+    ``cfg.valid_fraction``) validation batches. ``split``: the saved validation split of a resumed run."""
     dataset_key(cfg.dataset)  # fail fast on an unknown name
     part = world.shard(batch_size)
     if cfg.random_resized_crop:
-        return _streamed(cfg, batch_size=batch_size, seed=seed, device=device, world=world, part=part)
+        return _streamed(cfg, batch_size=batch_size, seed=seed, device=device, world=world, part=part, split=split,
+                         split_source=split_source)
     data = load_dataset(cfg.dataset, cfg.data_dir)
     if len(data.test_y) == 0:
         raise GradnasError(f"{cfg.dataset}: the data has no test split; training reports test accuracy, so give "
@@ -63,7 +111,18 @@ def make_train_data(cfg: TrainDataConfig, *, batch_size: int, seed: int, device:
     augment = Augment(mean, std, crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout)
     train_x, train_y = data.train_x, data.train_y
     chosen = _pick_subset(len(train_y), cfg.subset, seed)
-    if chosen is not None:
+    valid_split = _split(cfg, len(train_y), chosen, seed, split, split_source)
+    valid = None
+    if valid_split is not None:
+        held = torch.tensor(valid_split["valid"])[world.shard(len(valid_split["valid"]))]
+        valid_x, valid_y = train_x[held], train_y[held]
+        kept = torch.tensor(valid_split["train"])
+        train_x, train_y = train_x[kept], train_y[kept]
+
+        def valid():
+            if len(valid_y):
+                yield from iterate_batches(valid_x, valid_y, batch_size=batch_size, augment=augment, device=device)
+    elif chosen is not None:
         train_x, train_y = train_x[chosen], train_y[chosen]
     batches = ShuffledBatches(train_x, train_y, batch_size=batch_size, augment=augment, device=device, seed=seed,
                               part=part)
@@ -76,10 +135,11 @@ def make_train_data(cfg: TrainDataConfig, *, batch_size: int, seed: int, device:
 
     return TrainData(epoch=batches.epoch, test=test, steps=len(batches), num_classes=data.num_classes,
                      channels=data.channels, image_size=data.image_size, num_train=len(train_y),
-                     num_test=len(data.test_y))
+                     num_test=len(data.test_y), valid=valid,
+                     num_valid=len(valid_split["valid"]) if valid_split else 0, split=valid_split)
 
 
-def _streamed(cfg: TrainDataConfig, *, batch_size, seed, device, world, part) -> TrainData:
+def _streamed(cfg: TrainDataConfig, *, batch_size, seed, device, world, part, split, split_source) -> TrainData:
     if dataset_key(cfg.dataset) != "imagefolder":
         raise GradnasError(f"data.random_resized_crop decodes an ImageFolder per batch; it needs dataset "
                            f"imagefolder, not {cfg.dataset!r} (set random_resized_crop: 0 for in-memory data)")
@@ -93,7 +153,12 @@ def _streamed(cfg: TrainDataConfig, *, batch_size, seed, device, world, part) ->
         raise GradnasError(f"imagefolder: {source} has no test/ or val/ folder; training reports test accuracy, "
                            f"so give one. {FOLDER_FIX}")
     chosen = _pick_subset(len(train_items), cfg.subset, seed)
-    if chosen is not None:
+    valid_split = _split(cfg, len(train_items), chosen, seed, split, split_source)
+    valid_items = []
+    if valid_split is not None:
+        valid_items = [train_items[i] for i in valid_split["valid"]]
+        train_items = [train_items[i] for i in valid_split["train"]]
+    elif chosen is not None:
         train_items = [train_items[i] for i in chosen.tolist()]
     mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else (IMAGENET_MEAN, IMAGENET_STD)
     if len(mean) != 3:
@@ -104,6 +169,9 @@ def _streamed(cfg: TrainDataConfig, *, batch_size, seed, device, world, part) ->
     my_tests = test_items[world.shard(len(test_items))]
     tests = StreamBatches(my_tests, batch_size=batch_size, size=size, train=False, eval_resize=cfg.eval_resize,
                           workers=cfg.workers) if my_tests else None
+    my_valid = valid_items[world.shard(len(valid_items))] if valid_items else []
+    valids = StreamBatches(my_valid, batch_size=batch_size, size=size, train=False, eval_resize=cfg.eval_resize,
+                           workers=cfg.workers) if my_valid else None
     # Crop and flip happen per image while decoding; on the device only cutout (if any) and normalisation.
     normalize = Augment(mean, std, crop_padding=0, flip=False, cutout=cfg.cutout)
 
@@ -118,10 +186,13 @@ def _streamed(cfg: TrainDataConfig, *, batch_size, seed, device, world, part) ->
         for x, y in batches.epoch(e, start):
             yield normalize(x.to(device, non_blocking=True), g, train=True), y.to(device)
 
-    def test():
-        if tests is not None:
-            for x, y in tests.epoch():
-                yield normalize(x.to(device, non_blocking=True), None, train=False), y.to(device)
+    def evaluation(source):
+        def batches_of():
+            if source is not None:
+                for x, y in source.epoch():
+                    yield normalize(x.to(device, non_blocking=True), None, train=False), y.to(device)
+        return batches_of
 
-    return TrainData(epoch=epoch, test=test, steps=len(batches), num_classes=len(classes), channels=3,
-                     image_size=(size, size), num_train=len(train_items), num_test=len(test_items))
+    return TrainData(epoch=epoch, test=evaluation(tests), steps=len(batches), num_classes=len(classes), channels=3,
+                     image_size=(size, size), num_train=len(train_items), num_test=len(test_items),
+                     valid=evaluation(valids) if valid_split else None, num_valid=len(valid_items), split=valid_split)

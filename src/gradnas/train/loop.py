@@ -14,8 +14,14 @@ the test set is split over the ranks and its sums added up; only rank 0 writes t
 :class:`Training` is the run harness of a training run (``gradnas.run.Harness``: run folder, checkpoints,
 resume, signals, callbacks); :class:`Trainer` is the job it drives, one epoch per unit.
 
+Choosing the epoch: with ``data.valid_fraction`` 0 (the papers' setting) the run reports its last epoch. With a
+validation split (``gradnas.train.data``) the held-out images are measured every epoch (``valid_loss`` /
+``valid_acc`` in metrics), the epoch with the best validation accuracy (ties: the earlier) is chosen, never on
+the test set, and its weights are kept in best.pt (:class:`BestEpoch`). summary.json's ``selected`` says which
+epoch and why.
+
 Run folder: config.yaml (resolved), genotype.json, network.json (size), metrics.jsonl, checkpoint.pt,
-summary.json (when finished).
+split.json and best.pt (with a validation split), summary.json (when finished).
 """
 from __future__ import annotations
 
@@ -30,10 +36,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from gradnas import distributed
-from gradnas.callbacks import check_callback_names
+from gradnas.callbacks import Callback, check_callback_names
+from gradnas.checkpoint import save_checkpoint
 from gradnas.data.sources import dataset_key
 from gradnas.errors import GradnasError
-from gradnas.run import GENOTYPE_FILE, NETWORK_FILE, CheckpointMismatch, Harness, set_threads
+from gradnas.run import GENOTYPE_FILE, NETWORK_FILE, SPLIT_FILE, CheckpointMismatch, Harness, set_threads
 from gradnas.space import build_network
 from gradnas.space.darts_network import count_params_m
 from gradnas.space.genotype import Genotype, load_genotype, save_genotype
@@ -66,6 +73,45 @@ def check_network_options(model, net_cfg, space: str) -> None:
                            f"(or use a setting made for it)")
 
 
+BEST_WEIGHTS_FILE = "best.pt"  # the weights of the epoch a validation split chose
+LAST_EPOCH = "last epoch (no validation split)"
+
+
+class BestEpoch(Callback):
+    """The epoch a training run reports. With a validation split: the one with the best ``valid_acc`` (ties: the
+    earlier), its weights written atomically to best.pt (the main process) and its figures checkpointed, so a
+    resumed run chooses as an uninterrupted one. Without: the last epoch. summary.json's ``selected`` says which
+    and why."""
+
+    state_key = "best_epoch"
+
+    def __init__(self):
+        self.best: dict | None = None  # {"epoch", "valid_acc", "valid_loss", "test_acc"[, "test_top5"]}
+
+    def on_epoch_end(self, run, record):
+        acc = record.get("valid_acc")
+        if acc is None or (self.best is not None and not acc > self.best["valid_acc"]):
+            return
+        self.best = {"epoch": record["epoch"], "valid_acc": acc, "valid_loss": record["valid_loss"],
+                     **{k: record[k] for k in ("test_acc", "test_top5") if k in record}}
+        if run.is_main:
+            save_checkpoint({"epoch": record["epoch"], "valid_acc": acc, "genotype": run.genotype.to_string(),
+                             "model": run.model.state_dict()}, run.folder.file(BEST_WEIGHTS_FILE))
+
+    def on_end(self, run, summary):
+        if self.best is not None:
+            summary["selected"] = {"epoch": self.best["epoch"], "by": "valid_acc", **{
+                k: v for k, v in self.best.items() if k != "epoch"}, "weights": BEST_WEIGHTS_FILE}
+        elif not run.cfg.data.valid_fraction:
+            summary["selected"] = {"epoch": run.done, "by": LAST_EPOCH}
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state):
+        self.best = dict(state["best"]) if state and state.get("best") else None
+
+
 def _step_generator(device, seed: int, epoch: int, rank: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank) % 2**64)
@@ -92,10 +138,25 @@ class Training(Harness):
         device = distributed.resolve_device(cfg.device)
         if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise GradnasError("precision bf16 needs a GPU with bfloat16 support; use --precision fp32")
-        self.trainer = Trainer(cfg, genotype, device=device, world=self.world)  # the data, before the folder
+        split_file = self.folder.file(SPLIT_FILE)
+        split = None
+        if resume and cfg.data.valid_fraction:  # read only: the folder is locked when it is prepared below
+            if not split_file.is_file():
+                raise GradnasError(f"{self.out} has no {SPLIT_FILE}, the validation split this run was trained with; "
+                                   "it cannot be resumed exactly, start a new --out")
+            try:
+                split = self.folder.read_json(SPLIT_FILE)
+            except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested past Python's stack
+                raise GradnasError(f"{split_file} is damaged ({type(exc).__name__}); it holds the validation split "
+                                   "this run was trained with, so the run cannot be resumed exactly: start a new "
+                                   "--out") from None
+        self.trainer = Trainer(cfg, genotype, device=device, world=self.world, split=split,
+                               split_source=str(split_file))  # the data, before the folder
         with self.starting():  # a failed start removes what it wrote
             distributed.run_on_main(lambda: self._prepare_folder(resume))
-            self._attach(self.trainer, [], callbacks, resume=resume, device=device)
+            if self.is_main and not resume and self.trainer.data.split is not None:
+                self.folder.write_json(SPLIT_FILE, self.trainer.data.split, indent=None)
+            self._attach(self.trainer, [BestEpoch()], callbacks, resume=resume, device=device)
             if self.is_main and (not resume or self.done == 0):  # new, or stopped before its first checkpoint
                 self.folder.write_json(NETWORK_FILE, self.trainer.network_info())
 
@@ -127,10 +188,11 @@ class Trainer:
     unit = "epoch"
     nan_fix = "Lower optim.lr or check the data, then start a new run."
 
-    def __init__(self, cfg: TrainConfig, genotype: Genotype, *, device, world):
+    def __init__(self, cfg: TrainConfig, genotype: Genotype, *, device, world, split: dict | None = None,
+                 split_source: str = SPLIT_FILE):
         self.cfg, self.genotype, self.device, self.world = cfg, genotype, device, world
         self.data = make_train_data(cfg.data, batch_size=cfg.batch_size, seed=cfg.seed, device=self.device,
-                                    world=self.world)
+                                    world=self.world, split=split, split_source=split_source)
         torch.manual_seed(cfg.seed)  # weight initialisation
         model = build_network(genotype, cfg.network, in_channels=self.data.channels,
                               num_classes=self.data.num_classes)
@@ -257,13 +319,20 @@ class Trainer:
         loss_sum, correct, n = distributed.sum_values([loss_sum, correct, n], self.device)
         return {"train_loss": loss_sum / max(n, 1), "train_acc": 100.0 * correct / max(n, 1)}
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
         """Test loss, top-1 and (with more than 10 classes) top-5 accuracy (%) over the whole test set."""
+        return self._evaluate(self.data.test, "test")
+
+    def evaluate_valid(self) -> dict:
+        """The same figures over the held-out validation split (``valid_loss``, ``valid_acc``...)."""
+        return self._evaluate(self.data.valid, "valid")
+
+    @torch.no_grad()
+    def _evaluate(self, batches, name: str) -> dict:
         self.model.eval()
         k = 5 if self.data.num_classes > 10 else 1
         loss_sum, top1, topk, n = 0.0, 0, 0, 0
-        for x, y in self.data.test():
+        for x, y in batches():
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
@@ -275,9 +344,9 @@ class Trainer:
             n += len(y)
         self.model.train()
         loss_sum, top1, topk, n = distributed.sum_values([loss_sum, top1, topk, n], self.device)
-        out = {"test_loss": loss_sum / max(n, 1), "test_acc": 100.0 * top1 / max(n, 1)}
+        out = {f"{name}_loss": loss_sum / max(n, 1), f"{name}_acc": 100.0 * top1 / max(n, 1)}
         if k == 5:
-            out["test_top5"] = 100.0 * topk / max(n, 1)
+            out[f"{name}_top5"] = 100.0 * topk / max(n, 1)
         return out
 
     # -- one unit
@@ -289,6 +358,10 @@ class Trainer:
         record.update(self._train_epoch(epoch, run))
         self.scheduler.step()
         distributed.average_buffers(self.model)  # one set of BN statistics on every rank
+        if self.data.valid is not None:
+            record.update(self.evaluate_valid())
+            if not math.isfinite(record["valid_loss"]):
+                raise run.nan_error(epoch, "validation")
         record.update(self.evaluate())
         if not math.isfinite(record["test_loss"]):
             raise run.nan_error(epoch, "test")
@@ -299,8 +372,9 @@ class Trainer:
 
     def progress_line(self, record: dict) -> str:
         top5 = f"  top-5 {record['test_top5']:.2f}" if "test_top5" in record else ""
+        valid = f"valid acc {record['valid_acc']:.2f}  " if "valid_acc" in record else ""
         return (f"epoch {record['epoch']}/{self.cfg.epochs}  train acc {record['train_acc']:.2f}  "
-                f"test acc {record['test_acc']:.2f}{top5}  ({record['epoch_time']:.0f} s)")
+                f"{valid}test acc {record['test_acc']:.2f}{top5}  ({record['epoch_time']:.0f} s)")
 
     def summary(self, *, done: int, finished: bool) -> dict:
         return {"epochs_done": done, "finished": finished, "genotype": self.genotype.to_string(),
