@@ -100,6 +100,16 @@ def test_a_changed_split_is_refused_on_resume(tmp_path):
         Training(cfg, GENO, tmp_path / "run", resume=True, progress=False)
 
 
+@pytest.mark.parametrize("damage", [b"{not json", b"\xff\xfe\x00", b"[" * 100_000])
+def test_a_damaged_split_file_is_one_error_on_resume(tmp_path, damage):
+    cfg = config(0.25, epochs=2)
+    Training(cfg, GENO, tmp_path / "run", progress=False).run(stop_after=1)
+    (tmp_path / "run" / "split.json").write_bytes(damage)
+    with pytest.raises(GradnasError, match="split.json is damaged"):
+        Training(cfg, GENO, tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()  # nothing lost
+
+
 def test_without_a_split_the_last_epoch_is_reported(tmp_path):
     summary = Training(config(0.0, epochs=1), GENO, tmp_path / "run", progress=False).run()
     assert summary["selected"] == {"epoch": 1, "by": "last epoch (no validation split)"}
