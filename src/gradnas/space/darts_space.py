@@ -26,7 +26,7 @@ class DartsSpace(SearchSpace):
     string_form = "DARTS 'normal=|...|;reduce=|...|' or 'Genotype(normal=[...], ...)'"
     params_note = ("the genotype's cells in the search network (its cells, channels, stem and classifier; "
                    "affine-free BatchNorm, no auxiliary head), counted from the supernet's modules; not the size "
-                   "of the evaluation network that `gradnas train` builds and reports as params_m)")
+                   "of the evaluation network that `gradnas train` builds and reports as params_m")
 
     def searched_cells(self, model) -> SupernetCells:
         cells = list(model.cells)
