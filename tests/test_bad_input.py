@@ -279,6 +279,85 @@ def test_out_of_range_numbers(capsys, tmp_path, flags, needle):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("assignment,needle", [
+    # what torch.optim would refuse with a traceback
+    ("w_optim.momentum=-1", "w_optim.momentum must be a finite number >= 0, got -1"),
+    ("w_optim.weight_decay=-1", "w_optim.weight_decay must be a finite number >= 0, got -1"),
+    ("arch_optim.weight_decay=-1", "arch_optim.weight_decay must be a finite number >= 0 or null"),
+    ("arch_optim.betas=[2,3]", "arch_optim.betas must be two numbers in [0, 1)"),
+    ("arch_optim.betas=[0.5]", "arch_optim.betas must be two numbers in [0, 1)"),
+    ("arch_optim.betas=[a,b]", "arch_optim.betas must be two numbers in [0, 1)"),
+    # numbers out of every range, or no numbers at all
+    ("seed=1e23", "seed must be an integer in [0, 4294967295]"),
+    ("seed=100000000000000000000000", "seed must be an integer in [0, 4294967295]"),
+    ("w_optim.lr_min=0.5", "w_optim.lr_min (the cosine schedule's floor, 0.5) must be <= w_optim.lr (0.025)"),
+    ("w_optim.lr=inf", "w_optim.lr must be a finite number > 0, got inf"),
+    ("w_optim.lr=nan", "w_optim.lr must be a number, got NaN"),
+    ("w_optim.lr=1" + "0" * 400, "w_optim.lr is too large for a number"),
+    ("epochs=1.5", "epochs must be an integer, got 1.5"),
+    ("w_optim={lr: 0.1, lr: 0.2}", "key 'lr' appears twice"),
+])
+def test_bad_search_settings(capsys, tmp_path, assignment, needle):
+    _fails(capsys, [*SEARCH, "--set", assignment, "--out", tmp_path / "o"], needle)
+    assert not (tmp_path / "o").exists()
+
+
+TRAIN = ["train", "--genotype", "normal=|sep_conv_3x3~0|skip_connect~1|+|dil_conv_3x3~1|max_pool_3x3~2|;"
+         "reduce=|max_pool_3x3~0|skip_connect~1|+|sep_conv_5x5~0|avg_pool_3x3~2|", "--dataset", "fashion-mnist",
+         "--data-dir", FMNIST, "--epochs", "1", "--batch-size", "8", "--cells", "3", "--channels", "4", "--set",
+         "data.subset=16", "--device", "cpu", "--quiet", "--threads", "1"]
+
+
+@pytest.mark.parametrize("assignment,needle", [
+    ("optim.momentum=-1", "optim.momentum must be a finite number >= 0, got -1"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be a finite number >= 0, got -1"),
+    ("optim.lr=inf", "optim.lr must be a finite number > 0, got inf"),
+    ("seed=1e23", "seed must be an integer in [0, 4294967295]"),
+    ("optim.lr_min=1", "optim.lr_min must be in [0, lr]"),
+    ("optim={lr: 0.1, lr: 0.2}", "key 'lr' appears twice"),
+])
+def test_bad_train_settings(capsys, tmp_path, assignment, needle):
+    _fails(capsys, [*TRAIN, "--set", assignment, "--out", tmp_path / "o"], needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("assignment,needle", [
+    ("data.crop_padding=100000", "data.crop_padding (100000) must be smaller than the images' side (28 pixels"),
+    ("data.cutout=100000", "data.cutout (100000) must be at most the images' side (28 pixels"),
+])
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_padding_or_cutout_larger_than_the_images(capsys, tmp_path, command, assignment, needle):
+    if command == "search":
+        _fails(capsys, [*SEARCH, "--set", assignment, "--out", tmp_path / "o"], needle)
+        return
+    # training says which network it built (stderr) before the first batch meets the images
+    rc = main([str(a) for a in [*TRAIN, "--set", assignment, "--out", tmp_path / "o"]])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("gradnas: error: ")]
+    assert rc == 2 and "Traceback" not in err and len(errors) == 1 and needle in errors[0], err
+    assert err.rstrip().splitlines()[-1] == errors[0]
+
+
+def _with_file(kind, path):
+    return ["search", "--config", path] if kind == "search" else [*TRAIN, "--setting", path]
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_config_file_with_a_duplicate_key(capsys, tmp_path, kind):
+    p = tmp_path / "dup.yaml"
+    p.write_text("epochs: 1\nbatch_size: 8\nepochs: 3\n")
+    _fails(capsys, [*_with_file(kind, p), "--out", tmp_path / "o"], str(p), "key 'epochs' appears twice (lines 1 and 3)",
+           "keep one")
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_config_file_that_is_not_utf8(capsys, tmp_path, kind):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("epochs: 1\n# r\u00e9glages\n".encode("latin-1"))
+    _fails(capsys, [*_with_file(kind, p), "--out", tmp_path / "o"], str(p), "is not UTF-8 text (byte 0xe9 on line 2)",
+           "save it with UTF-8 encoding")
+
+
 def test_unknown_method(capsys, tmp_path):
     _fails(capsys, [*SEARCH, "--method", "enas", "--out", tmp_path / "o"], "unknown method 'enas'", "milenas")
 

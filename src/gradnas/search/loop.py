@@ -119,6 +119,7 @@ def load_search_data(cfg: SearchConfig, folder, *, resume: bool, main: bool) -> 
             folder.write_json(SPLIT_FILE, split.to_dict(), indent=None)
     augment = Augment(data.mean, data.std, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
                       cutout=cfg.data.cutout)
+    augment.check_image_size(*data.train_x.shape[2:])  # before any epoch, not at the first batch
     return SearchData(data, split, augment)
 
 
