@@ -425,3 +425,51 @@ def test_a_real_process_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gradnas", "search", "--config", str(p)], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("gradnas: error: ") and "Traceback" not in proc.stderr
+
+
+# -------------------------------------------------------------------------------- run folders read back
+
+ANALYSES = [["plot"], ["report"], ["sizes"], ["compare", "--out", "{tmp}/cmp"]]
+
+
+def _analysis(command, run, tmp_path):
+    name, *rest = command
+    return [name, str(run), *(a.replace("{tmp}", str(tmp_path)) for a in rest)]
+
+
+@pytest.mark.parametrize("command", ANALYSES, ids=lambda c: c[0])
+def test_metrics_lines_of_the_wrong_types_are_skipped(capsys, tmp_path, finished_run, command):
+    run = _copy_run(finished_run, tmp_path)
+    good = (run / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(good[0])
+    bad = [{**record, "valid_acc": "x"}, {**record, "epoch": [1]}, [1, 2], 5, {**record, "train_acc": None,
+           "gap": {"acc_gap": "wide"}}, {**record, "edge_weights": {"normal": [0.5]}}, {"valid_acc": 1.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(b) + "\n" for b in bad) + "\n".join(good) + "\n")
+    before = (run / "metrics.jsonl").read_bytes()
+    rc = main(_analysis(command, run, tmp_path))
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err, err
+    warnings = [line for line in err.splitlines() if line.startswith("gradnas: warning: ") and "skipped" in line]
+    assert warnings == [f"gradnas: warning: {run / 'metrics.jsonl'} lines 1, 2, 3, 4, 5, 6, 7 skipped: "
+                        "'valid_acc' must be a number, got \"x\" (and more)"], err
+    assert (run / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ANALYSES, ids=lambda c: c[0])
+def test_run_config_that_is_not_utf8(capsys, tmp_path, finished_run, command):
+    run = _copy_run(finished_run, tmp_path)
+    with open(run / "config.yaml", "ab") as f:
+        f.write("# r\u00e9glages\n".encode("latin-1"))
+    _fails(capsys, _analysis(command, run, tmp_path), str(run / "config.yaml"), "is not UTF-8 text",
+           "save it with UTF-8 encoding")
+
+
+@pytest.mark.parametrize("command", [*ANALYSES, ["search", "--resume"]], ids=lambda c: " ".join(c[:2]))
+def test_run_config_with_a_duplicate_key(capsys, tmp_path, finished_run, command):
+    run = _copy_run(finished_run, tmp_path)
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text + "seed: 7\n")
+    line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("seed:"))) + 1
+    argv = [*command, str(run)] if command[0] == "search" else _analysis(command, run, tmp_path)
+    _fails(capsys, argv, str(run / "config.yaml"), f"key 'seed' appears twice (lines {line} and "
+           f"{len(text.splitlines()) + 1})")
