@@ -243,6 +243,32 @@ def test_genotype_json_that_is_code(capsys, tmp_path):
     assert not (tmp_path / "payload-ran").exists()
 
 
+def test_genotype_json_nested_too_deep(capsys, tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text('{"normal": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    _fails(capsys, ["genotype", p], f"genotype file {p} is not valid JSON", "maximum recursion depth")
+    _fails(capsys, ["draw", p], "is not valid JSON")
+
+
+# -------------------------------------------------------------------------------- split.json on resume
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda d: '{"seed": 0, "fraction": 0.5, "weight_idx": [1, 2', "is damaged (it is not valid JSON)"),
+    (lambda d: b"\xe9\xe9", "is damaged (it is not UTF-8 text)"),
+    (lambda d: "[" * 100_000 + "]" * 100_000, "is damaged (it is not valid JSON)"),
+    (lambda d: "[]", "is damaged: invalid search split record"),
+    (lambda d: json.dumps({**d, "weight_idx": [10**9]}), "it lists image 1000000000, but the training set has"),
+    (lambda d: json.dumps({**d, "arch_idx": [10**30]}), "is damaged: invalid search split record"),
+], ids=["truncated", "not-utf8", "too-deep", "a-list", "index-out-of-range", "index-overflow"])
+def test_damaged_split_on_resume(capsys, tmp_path, finished_run, damage, needle):
+    run = _copy_run(finished_run, tmp_path)
+    broken = damage(json.loads((run / "split.json").read_text()))
+    (run / "split.json").write_bytes(broken if isinstance(broken, bytes) else broken.encode())
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    _fails(capsys, ["search", "--resume", run], str(run / "split.json"), needle, "start the search again with a new --out")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing lost
+
+
 # -------------------------------------------------------------------------------- configs and numbers
 
 def test_malformed_yaml(capsys, tmp_path):

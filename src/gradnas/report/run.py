@@ -246,8 +246,8 @@ def _read_json(path: Path):
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise GradnasError(f"{path} is not valid JSON") from None
 
 
