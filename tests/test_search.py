@@ -216,3 +216,22 @@ def test_float_spellings_in_search_configs(tmp_path):
 def test_number_errors(d, message):
     with pytest.raises(GradnasError, match=message):
         SearchConfig.from_dict(d)
+
+
+def test_alphas_out_of_range_warn_once_and_are_recorded(tmp_path, capsys):
+    """An architecture lr of 1e6 saturates the alphas in a step: one warning, and alpha_max_abs in the metrics of
+    every epoch beyond |alpha| = 1e3; kept across a resume (no second warning). A sane search records nothing."""
+    cfg = tiny_config(epochs=3, arch_optim={"lr": 1e6})
+    Search(cfg, tmp_path / "wild", progress=False).run(stop_after=1)
+    Search(cfg, tmp_path / "wild", resume=True, progress=False).run()
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "architecture parameters reach" in line]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith("gradnas: warning: after epoch 1, the architecture parameters reach |alpha| = ")
+    assert "beyond 1000" in warnings[0] and "lower arch_optim.lr" in warnings[0]
+    lines = _metrics(tmp_path / "wild")
+    assert all(line["alpha_max_abs"] > 1e3 for line in lines)
+    assert [line.get("alpha_range_warning") for line in lines] == [True, None, None]
+    Search(tiny_config(epochs=1), tmp_path / "sane", progress=False).run()
+    assert not [k for line in _metrics(tmp_path / "sane") for k in line if k.startswith("alpha_")]
+    assert "architecture parameters reach" not in capsys.readouterr().err
