@@ -459,14 +459,16 @@ def _coerce(value, f: dataclasses.Field, where: str):
     if kind.startswith("int"):
         number = _number(value) if isinstance(value, (str, float)) else value
         if isinstance(number, decimal.Decimal) and number.is_finite() and number == number.to_integral_value():
+            if number.adjusted() >= _MAX_DIGITS:  # int() of 1e999999999 would take all memory
+                raise GradnasError(f"config: {where} is too large for a setting, got {_short(value)}")
             number = int(number)
         if isinstance(number, bool) or not isinstance(number, int):
-            raise GradnasError(f"config: {where} must be an integer, got {value!r}")
+            raise GradnasError(f"config: {where} must be an integer, got {_short(value)}")
         return number
     if kind.startswith("float"):
         number = _number(value) if isinstance(value, str) else value
         if isinstance(number, bool) or not isinstance(number, (int, float, decimal.Decimal)):
-            raise GradnasError(f"config: {where} must be a number, got {value!r}")
+            raise GradnasError(f"config: {where} must be a number, got {_short(value)}")
         try:
             number = float(number)
         except ValueError:  # a signalling NaN ("snan")
@@ -484,12 +486,20 @@ def _coerce(value, f: dataclasses.Field, where: str):
     return value
 
 
+_MAX_DIGITS = 100  # an integer setting longer than this is no setting
+
+
 def _number(value):
     """A float or a string as an exact decimal (every spelling Python's float() reads), else ``value`` as it was."""
     try:
-        return decimal.Decimal(value.strip().replace("_", "") if isinstance(value, str) else value)
+        return decimal.Decimal(value.strip() if isinstance(value, str) else value)
     except (decimal.InvalidOperation, ValueError, TypeError):
         return value
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 # ---- reading YAML: plain data, Python's float spellings, no duplicate keys
@@ -549,6 +559,8 @@ def read_yaml_file(path, *, kind: str = "config"):
                            "save it with UTF-8 encoding") from None
     try:
         return parse_yaml(text)
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise GradnasError(f"{kind} file {path} is not valid YAML: {str(exc).split(';')[0]}") from None
     except DuplicateKey as exc:
         raise GradnasError(f"{kind} file {path}: {exc}; keep one of them") from None
     except yaml.YAMLError as exc:  # one line: the problem and where (PyYAML's own text spans several)
@@ -587,7 +599,7 @@ def apply_override(d: dict, assignment: str) -> None:
         value = parse_yaml(raw)
     except DuplicateKey as exc:
         raise GradnasError(f"--set {assignment!r}: {exc.args[0].split(' (')[0]}; keep one of them") from None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # not YAML, or an integer past Python's digit limit: the text itself
         value = raw
     parts = key.strip().split(".")
     node = d
