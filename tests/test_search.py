@@ -212,6 +212,7 @@ def test_float_spellings_in_search_configs(tmp_path):
     ({"arch_optim": {"lr": "inf"}}, "arch_optim.lr must be a finite number >= 0, got inf"),
     ({"pvll": {"arch_lr": "inf"}}, "pvll.arch_lr and pvll.estimator_lr must be finite numbers > 0"),
     ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\]"),
+    ({"seed": "1e999999999"}, "seed is too large for a setting"),  # int() of it would fill the memory
 ])
 def test_number_errors(d, message):
     with pytest.raises(GradnasError, match=message):
