@@ -265,7 +265,8 @@ def test_damaged_split_on_resume(capsys, tmp_path, finished_run, damage, needle)
     broken = damage(json.loads((run / "split.json").read_text()))
     (run / "split.json").write_bytes(broken if isinstance(broken, bytes) else broken.encode())
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    _fails(capsys, ["search", "--resume", run], str(run / "split.json"), needle, "start the search again with a new --out")
+    _fails(capsys, ["search", "--resume", run], str(run / "split.json"), needle,
+           "start the search again with a new --out")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing lost
 
 
@@ -374,8 +375,8 @@ def _with_file(kind, path):
 def test_config_file_with_a_duplicate_key(capsys, tmp_path, kind):
     p = tmp_path / "dup.yaml"
     p.write_text("epochs: 1\nbatch_size: 8\nepochs: 3\n")
-    _fails(capsys, [*_with_file(kind, p), "--out", tmp_path / "o"], str(p), "key 'epochs' appears twice (lines 1 and 3)",
-           "keep one")
+    _fails(capsys, [*_with_file(kind, p), "--out", tmp_path / "o"], str(p),
+           "key 'epochs' appears twice (lines 1 and 3)", "keep one")
 
 
 @pytest.mark.parametrize("kind", ["search", "train"])

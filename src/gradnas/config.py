@@ -313,7 +313,8 @@ class SearchConfig:
             (self.w_optim.lr_min <= self.w_optim.lr,
              f"w_optim.lr_min (the cosine schedule's floor, {self.w_optim.lr_min:g}) must be <= w_optim.lr "
              f"({self.w_optim.lr:g})"),
-            (SEED_MIN <= self.seed <= SEED_MAX, f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed}"),
+            (SEED_MIN <= self.seed <= SEED_MAX,
+             f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed}"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
             (not self.w_optim.nesterov or self.w_optim.momentum > 0, "w_optim.nesterov needs w_optim.momentum > 0"),
             (self.alpha_data in ALPHA_DATA,

@@ -103,7 +103,8 @@ class TrainConfig:
             (n.auxiliary_weight >= 0 and math.isfinite(n.auxiliary_weight),
              f"network.auxiliary_weight must be >= 0, got {n.auxiliary_weight}"),
             (0 <= n.drop_path < 1, f"network.drop_path must be in [0, 1), got {n.drop_path}"),
-            (SEED_MIN <= self.seed <= SEED_MAX, f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed}"),
+            (SEED_MIN <= self.seed <= SEED_MAX,
+             f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed}"),
             (o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be a finite number > 0, got {o.lr}"),
             *((value >= 0 and math.isfinite(value), f"optim.{key} must be a finite number >= 0, got {value}")
               for key, value in (("momentum", o.momentum), ("weight_decay", o.weight_decay),
