@@ -243,6 +243,33 @@ def test_genotype_json_that_is_code(capsys, tmp_path):
     assert not (tmp_path / "payload-ran").exists()
 
 
+def test_genotype_json_nested_too_deep(capsys, tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text('{"normal": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    _fails(capsys, ["genotype", p], f"genotype file {p} is not valid JSON", "maximum recursion depth")
+    _fails(capsys, ["draw", p], "is not valid JSON")
+
+
+# -------------------------------------------------------------------------------- split.json on resume
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda d: '{"seed": 0, "fraction": 0.5, "weight_idx": [1, 2', "is damaged (it is not valid JSON)"),
+    (lambda d: b"\xe9\xe9", "is damaged (it is not UTF-8 text)"),
+    (lambda d: "[" * 100_000 + "]" * 100_000, "is damaged (it is not valid JSON)"),
+    (lambda d: "[]", "is damaged: invalid search split record"),
+    (lambda d: json.dumps({**d, "weight_idx": [10**9]}), "it lists image 1000000000, but the training set has"),
+    (lambda d: json.dumps({**d, "arch_idx": [10**30]}), "is damaged: invalid search split record"),
+], ids=["truncated", "not-utf8", "too-deep", "a-list", "index-out-of-range", "index-overflow"])
+def test_damaged_split_on_resume(capsys, tmp_path, finished_run, damage, needle):
+    run = _copy_run(finished_run, tmp_path)
+    broken = damage(json.loads((run / "split.json").read_text()))
+    (run / "split.json").write_bytes(broken if isinstance(broken, bytes) else broken.encode())
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    _fails(capsys, ["search", "--resume", run], str(run / "split.json"), needle,
+           "start the search again with a new --out")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing lost
+
+
 # -------------------------------------------------------------------------------- configs and numbers
 
 def test_malformed_yaml(capsys, tmp_path):
@@ -277,6 +304,81 @@ def test_unknown_config_keys(capsys, tmp_path):
 def test_out_of_range_numbers(capsys, tmp_path, flags, needle):
     _fails(capsys, [*SEARCH, *flags, "--out", tmp_path / "o"], needle)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("assignment,needle", [
+    # what torch.optim would refuse with a traceback
+    ("w_optim.momentum=-1", "w_optim.momentum must be a finite number >= 0, got -1"),
+    ("w_optim.weight_decay=-1", "w_optim.weight_decay must be a finite number >= 0, got -1"),
+    ("arch_optim.weight_decay=-1", "arch_optim.weight_decay must be a finite number >= 0 or null"),
+    ("arch_optim.betas=[2,3]", "arch_optim.betas must be two numbers in [0, 1)"),
+    ("arch_optim.betas=[0.5]", "arch_optim.betas must be two numbers in [0, 1)"),
+    ("arch_optim.betas=[a,b]", "arch_optim.betas must be two numbers in [0, 1)"),
+    # numbers out of every range, or no numbers at all
+    ("seed=1e23", "seed must be an integer in [0, 4294967295]"),
+    ("seed=100000000000000000000000", "seed must be an integer in [0, 4294967295]"),
+    ("seed=1e999999999", "seed must be an integer, got inf"),  # YAML reads it as inf
+    ("seed=1" + "0" * 5000, "seed is too large for a setting"),  # past Python's int digit limit
+    ("w_optim.lr_min=0.5", "w_optim.lr_min (the cosine schedule's floor, 0.5) must be <= w_optim.lr (0.025)"),
+    ("w_optim.lr=inf", "w_optim.lr must be a finite number > 0, got inf"),
+    ("w_optim.lr=nan", "w_optim.lr must be a number, got NaN"),
+    ("w_optim.lr=1" + "0" * 400, "w_optim.lr is too large for a number"),
+    ("epochs=1.5", "epochs must be an integer, got 1.5"),
+    ("w_optim={lr: 0.1, lr: 0.2}", "key 'lr' appears twice"),
+])
+def test_bad_search_settings(capsys, tmp_path, assignment, needle):
+    _fails(capsys, [*SEARCH, "--set", assignment, "--out", tmp_path / "o"], needle)
+    assert not (tmp_path / "o").exists()
+
+
+TRAIN = ["train", "--genotype", "normal=|sep_conv_3x3~0|skip_connect~1|+|dil_conv_3x3~1|max_pool_3x3~2|;"
+         "reduce=|max_pool_3x3~0|skip_connect~1|+|sep_conv_5x5~0|avg_pool_3x3~2|", "--dataset", "fashion-mnist",
+         "--data-dir", FMNIST, "--epochs", "1", "--batch-size", "8", "--cells", "3", "--channels", "4", "--set",
+         "data.subset=16", "--device", "cpu", "--quiet", "--threads", "1"]
+
+
+@pytest.mark.parametrize("assignment,needle", [
+    ("optim.momentum=-1", "optim.momentum must be a finite number >= 0, got -1"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be a finite number >= 0, got -1"),
+    ("optim.lr=inf", "optim.lr must be a finite number > 0, got inf"),
+    ("seed=1e23", "seed must be an integer in [0, 4294967295]"),
+    ("optim.lr_min=1", "optim.lr_min must be in [0, lr]"),
+    ("optim={lr: 0.1, lr: 0.2}", "key 'lr' appears twice"),
+])
+def test_bad_train_settings(capsys, tmp_path, assignment, needle):
+    _fails(capsys, [*TRAIN, "--set", assignment, "--out", tmp_path / "o"], needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("assignment,needle", [
+    ("data.crop_padding=100000", "data.crop_padding (100000) must be smaller than the images' side (28 pixels"),
+    ("data.cutout=100000", "data.cutout (100000) must be at most the images' side (28 pixels"),
+])
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_padding_or_cutout_larger_than_the_images(capsys, tmp_path, command, assignment, needle):
+    """Refused from the images' size before the run folder is made (no half-made folder)."""
+    _fails(capsys, [*(SEARCH if command == "search" else TRAIN), "--set", assignment, "--out", tmp_path / "o"], needle)
+    assert not (tmp_path / "o").exists()
+
+
+def _with_file(kind, path):
+    return ["search", "--config", path] if kind == "search" else [*TRAIN, "--setting", path]
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_config_file_with_a_duplicate_key(capsys, tmp_path, kind):
+    p = tmp_path / "dup.yaml"
+    p.write_text("epochs: 1\nbatch_size: 8\nepochs: 3\n")
+    _fails(capsys, [*_with_file(kind, p), "--out", tmp_path / "o"], str(p),
+           "key 'epochs' appears twice (lines 1 and 3)", "keep one")
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_config_file_that_is_not_utf8(capsys, tmp_path, kind):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("epochs: 1\n# r\u00e9glages\n".encode("latin-1"))
+    _fails(capsys, [*_with_file(kind, p), "--out", tmp_path / "o"], str(p), "is not UTF-8 text (byte 0xe9 on line 2)",
+           "save it with UTF-8 encoding")
 
 
 def test_unknown_method(capsys, tmp_path):
@@ -346,3 +448,51 @@ def test_a_real_process_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gradnas", "search", "--config", str(p)], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("gradnas: error: ") and "Traceback" not in proc.stderr
+
+
+# -------------------------------------------------------------------------------- run folders read back
+
+ANALYSES = [["plot"], ["report"], ["sizes"], ["compare", "--out", "{tmp}/cmp"]]
+
+
+def _analysis(command, run, tmp_path):
+    name, *rest = command
+    return [name, str(run), *(a.replace("{tmp}", str(tmp_path)) for a in rest)]
+
+
+@pytest.mark.parametrize("command", ANALYSES, ids=lambda c: c[0])
+def test_metrics_lines_of_the_wrong_types_are_skipped(capsys, tmp_path, finished_run, command):
+    run = _copy_run(finished_run, tmp_path)
+    good = (run / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(good[0])
+    bad = [{**record, "valid_acc": "x"}, {**record, "epoch": [1]}, [1, 2], 5, {**record, "train_acc": None,
+           "gap": {"acc_gap": "wide"}}, {**record, "edge_weights": {"normal": [0.5]}}, {"valid_acc": 1.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(b) + "\n" for b in bad) + "\n".join(good) + "\n")
+    before = (run / "metrics.jsonl").read_bytes()
+    rc = main(_analysis(command, run, tmp_path))
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err, err
+    warnings = [line for line in err.splitlines() if line.startswith("gradnas: warning: ") and "skipped" in line]
+    assert warnings == [f"gradnas: warning: {run / 'metrics.jsonl'} lines 1, 2, 3, 4, 5, 6, 7 skipped: "
+                        "'valid_acc' must be a number, got \"x\" (and more)"], err
+    assert (run / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ANALYSES, ids=lambda c: c[0])
+def test_run_config_that_is_not_utf8(capsys, tmp_path, finished_run, command):
+    run = _copy_run(finished_run, tmp_path)
+    with open(run / "config.yaml", "ab") as f:
+        f.write("# r\u00e9glages\n".encode("latin-1"))
+    _fails(capsys, _analysis(command, run, tmp_path), str(run / "config.yaml"), "is not UTF-8 text",
+           "save it with UTF-8 encoding")
+
+
+@pytest.mark.parametrize("command", [*ANALYSES, ["search", "--resume"]], ids=lambda c: " ".join(c[:2]))
+def test_run_config_with_a_duplicate_key(capsys, tmp_path, finished_run, command):
+    run = _copy_run(finished_run, tmp_path)
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text + "seed: 7\n")
+    line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("seed:"))) + 1
+    argv = [*command, str(run)] if command[0] == "search" else _analysis(command, run, tmp_path)
+    _fails(capsys, argv, str(run / "config.yaml"), f"key 'seed' appears twice (lines {line} and "
+           f"{len(text.splitlines()) + 1})")

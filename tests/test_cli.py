@@ -363,3 +363,15 @@ def test_a_path_too_long_is_not_called_a_disk_problem(command, capsys):
     assert err.count("gradnas: error:") == 1 and "Traceback" not in err
     assert "too long to be a file name" in err and "disk space" not in err
     assert " characters))" in err and len(err) < 600
+
+
+def test_number_flags_take_every_float_spelling(capsys):
+    from gradnas.cli import build_parser
+    args = build_parser().parse_args(["search", "--epochs", "1e1", "--seed", "2.0", "--lambda", "1E-1", "--xi", ".5"])
+    assert (args.epochs, args.seed, args.lam, args.xi) == (10, 2, 0.1, 0.5) and type(args.epochs) is int
+    args = build_parser().parse_args(["train", "--lr", "1e-3", "--batch-size", "9.6e1"])
+    assert (args.lr, args.batch_size) == (1e-3, 96)
+    for bad in ("1.5", "1e-1", "inf", "ten"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["search", "--epochs", bad])
+        assert f"argument --epochs: expected an integer, got {bad!r}" in capsys.readouterr().err

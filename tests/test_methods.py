@@ -12,7 +12,8 @@ from gradnas.search.methods import METHODS, make_method
 
 def _setup(method, lam=1.0, lr=0.0, relax="softmax", grad_clip=0.0):
     model = tiny_supernet(relax, dtype=torch.float64)
-    cfg = SearchConfig.from_dict({"w_optim": {"lr": max(lr, 1e-12), "weight_decay": 0.0, "momentum": 0.0},
+    cfg = SearchConfig.from_dict({"w_optim": {"lr": max(lr, 1e-12), "lr_min": 0.0, "weight_decay": 0.0,
+                                              "momentum": 0.0},
                                   "arch_optim": {"lr": lr, "weight_decay": 0.0}, "relax": relax})
     w_opt, a_opt, _ = build_optimizers(cfg, model)
     for group in w_opt.param_groups:

@@ -325,3 +325,17 @@ def test_signal_stops_after_the_round_in_flight_and_resumes_exactly(tmp_path):
     resumed.run()
     _assert_same(full, resumed)
     assert _lines(tmp_path / "full") == _lines(tmp_path / "run")
+
+
+def test_an_arch_lr_that_saturates_A_warns_once_and_is_recorded(tmp_path, capsys):
+    cfg = _config(population=2, steps=2, arch_lr=1e6)
+    cfg = SearchConfig.from_dict({**cfg.to_dict(), "order": 1})
+    Search(cfg, tmp_path / "run", progress=False).run()
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "architecture parameters reach" in line]
+    assert len(warnings) == 1 and "lower pvll.arch_lr" in warnings[0], err
+    lines = _lines(tmp_path / "run")
+    search = [line for line in lines if "alpha_max_abs" in line]
+    assert search and all(line["alpha_max_abs"] > 1e3 for line in search)
+    assert sum(1 for line in lines if line.get("alpha_range_warning")) == 1
+    assert not any("alpha_max_abs" in line for line in lines[:4])  # the warm-up rounds leave A as it was

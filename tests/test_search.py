@@ -170,3 +170,69 @@ def test_paper_defaults():
 def test_config_errors(d, message):
     with pytest.raises(GradnasError, match=message):
         SearchConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("1E3", 1e3), (".5", 0.5), ("5.", 5.0), ("-1e-3", -1e-3),
+                                        ("+.5", 0.5), ("-.5", -0.5), ("1.5e3", 1500.0), ("1.0e-3", 1e-3)])
+def test_every_float_spelling_is_a_float(text, value):
+    """YAML 1.1 (PyYAML) reads 1e-3, 1E3 and -.5 as strings; the config loader and --set read them as Python does."""
+    from gradnas.config import apply_override, parse_yaml
+    parsed = parse_yaml(f"x: {text}\ny: [{text}]\n")
+    assert parsed == {"x": value, "y": [value]} and type(parsed["x"]) is float
+    d = {}
+    apply_override(d, f"w_optim.lr={text}")
+    assert d == {"w_optim": {"lr": value}}
+    assert parse_yaml("a: 1e3x\nb: '1e-3'\nc: 10\nd: e3\n") == {"a": "1e3x", "b": "1e-3", "c": 10, "d": "e3"}
+
+
+def test_float_spellings_in_search_configs(tmp_path):
+    from gradnas.overrides import resolve_search_config
+    p = tmp_path / "c.yaml"
+    p.write_text("method: milenas\nw_optim:\n  lr: 1e-2\n  lr_min: 1E-4\n  weight_decay: 3e-4\n"
+                 "arch_optim: {lr: 3e-4, betas: [.5, 0.999]}\nseed: 1e3\n")
+    cfg = SearchConfig.from_dict(load_yaml(str(p)))
+    assert (cfg.w_optim.lr, cfg.w_optim.lr_min, cfg.arch_optim.lr, cfg.arch_optim.betas) == (0.01, 1e-4, 3e-4,
+                                                                                              (0.5, 0.999))
+    assert cfg.seed == 1000 and type(cfg.seed) is int  # an integral float is an int where an int is expected
+    cfg = resolve_search_config(None, {}, ["w_optim.lr=1e-3", "lambda=1E1", "epochs=2e0"])
+    assert (cfg.w_optim.lr, cfg.lam, cfg.epochs) == (1e-3, 10.0, 2) and type(cfg.epochs) is int
+    # strings where a number is expected (a config built in Python): read as float() reads them
+    cfg = SearchConfig.from_dict({"w_optim": {"lr": "1e-3"}, "seed": "1e3", "arch_optim": {"lr": " .5 "}})
+    assert (cfg.w_optim.lr, cfg.seed, cfg.arch_optim.lr) == (1e-3, 1000, 0.5)
+
+
+@pytest.mark.parametrize("d,message", [
+    ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+    ({"epochs": "1.5e0"}, "epochs must be an integer, got '1.5e0'"),
+    ({"w_optim": {"lr": "fast"}}, "w_optim.lr must be a number, got 'fast'"),
+    ({"w_optim": {"lr": "nan"}}, "w_optim.lr must be a number, got NaN"),
+    ({"w_optim": {"lr": "inf"}}, "w_optim.lr must be a finite number > 0, got inf"),
+    ({"w_optim": {"lr": "-1e-3"}}, "w_optim.lr must be a finite number > 0, got -0.001"),
+    ({"w_optim": {"grad_clip": float("inf")}}, "w_optim.grad_clip must be a finite number >= 0"),
+    ({"arch_optim": {"lr": "inf"}}, "arch_optim.lr must be a finite number >= 0, got inf"),
+    ({"pvll": {"arch_lr": "inf"}}, "pvll.arch_lr and pvll.estimator_lr must be finite numbers > 0"),
+    ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\]"),
+    ({"seed": "1e999999999"}, "seed is too large for a setting"),  # int() of it would fill the memory
+])
+def test_number_errors(d, message):
+    with pytest.raises(GradnasError, match=message):
+        SearchConfig.from_dict(d)
+
+
+def test_alphas_out_of_range_warn_once_and_are_recorded(tmp_path, capsys):
+    """An architecture lr of 1e6 saturates the alphas in a step: one warning, and alpha_max_abs in the metrics of
+    every epoch beyond |alpha| = 1e3; kept across a resume (no second warning). A sane search records nothing."""
+    cfg = tiny_config(epochs=3, arch_optim={"lr": 1e6})
+    Search(cfg, tmp_path / "wild", progress=False).run(stop_after=1)
+    Search(cfg, tmp_path / "wild", resume=True, progress=False).run()
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "architecture parameters reach" in line]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith("gradnas: warning: after epoch 1, the architecture parameters reach |alpha| = ")
+    assert "beyond 1000" in warnings[0] and "lower arch_optim.lr" in warnings[0]
+    lines = _metrics(tmp_path / "wild")
+    assert all(line["alpha_max_abs"] > 1e3 for line in lines)
+    assert [line.get("alpha_range_warning") for line in lines] == [True, None, None]
+    Search(tiny_config(epochs=1), tmp_path / "sane", progress=False).run()
+    assert not [k for line in _metrics(tmp_path / "sane") for k in line if k.startswith("alpha_")]
+    assert "architecture parameters reach" not in capsys.readouterr().err

@@ -318,3 +318,17 @@ def test_shuffled_batch_parts_make_up_the_global_batch():
         assert torch.equal(xb, torch.cat([parts[0][k][0], parts[1][k][0]]))
         assert torch.equal(yb, torch.cat([parts[0][k][1], parts[1][k][1]]))
     assert sorted(torch.cat([yb for _, yb in whole]).tolist()) == list(range(40))
+
+
+def test_float_spellings_in_training_settings(tmp_path):
+    from gradnas.overrides import resolve_train_config
+    p = tmp_path / "s.yaml"
+    p.write_text("optim:\n  lr: 1e-1\n  lr_min: 1E-4\n  weight_decay: 5e-4\nepochs: 1e1\n")
+    cfg = TrainConfig.from_dict(load_setting(str(p)))
+    assert (cfg.optim.lr, cfg.optim.lr_min, cfg.optim.weight_decay, cfg.epochs) == (0.1, 1e-4, 5e-4, 10)
+    cfg = resolve_train_config(None, {"lr": 1e-3}, ["optim.weight_decay=3e-4", "network.drop_path=.1"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.network.drop_path) == (1e-3, 3e-4, 0.1)
+    with pytest.raises(GradnasError, match="optim.lr must be a finite number > 0, got inf"):
+        TrainConfig.from_dict({"optim": {"lr": "inf"}})
+    with pytest.raises(GradnasError, match="epochs must be an integer, got 1.5"):
+        TrainConfig.from_dict({"epochs": 1.5})

@@ -22,6 +22,7 @@ Defaults are the papers' CIFAR-10 search settings (DARTS / MiLeNAS: 50 epochs, b
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -39,6 +40,8 @@ from gradnas.space.darts import DartsSpaceConfig
 from gradnas.space.nb201 import NB201SpaceConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# Seeds every random stream takes (torch.manual_seed, derived per-epoch streams), as NumPy's legacy seeds.
+SEED_MIN, SEED_MAX = 0, 2**32 - 1
 _EDGE_SPEC = re.compile(r"^\s*([a-z]+|-?\d+)\s*:\s*(\d+)\s*<-\s*(\d+|\*)\s*$")
 
 
@@ -63,12 +66,35 @@ class WeightOptimConfig:
     grad_clip: float = 5.0               # max norm of the weight gradient; 0 = no clipping
     nesterov: bool = False               # Nesterov momentum (GDAS uses it)
 
+    def __post_init__(self):
+        # what torch.optim.SGD would refuse with a traceback, or take and turn into NaN (inf)
+        for key in ("momentum", "weight_decay", "grad_clip", "lr_min"):
+            value = getattr(self, key)
+            if not (value >= 0 and math.isfinite(value)):
+                raise GradnasError(f"config: w_optim.{key} must be a finite number >= 0, got {value}")
+
+
+def check_betas(betas, where: str) -> tuple:
+    """Adam's (beta1, beta2) as floats: two numbers in [0, 1), else one error naming ``where``."""
+    ok = (len(betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                  for b in betas))
+    if not ok:
+        raise GradnasError(f"config: {where} must be two numbers in [0, 1) (Adam's beta1, beta2), e.g. [0.5, 0.999]; "
+                           f"got {list(betas)!r}")
+    return tuple(float(b) for b in betas)
+
 
 @dataclass(frozen=True)
 class ArchOptimConfig:
     lr: float = 3e-4
     betas: tuple = (0.5, 0.999)
     weight_decay: float | None = None    # None: the relaxation's default (softmax 1e-3, sigmoid 0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", check_betas(tuple(self.betas), "arch_optim.betas"))
+        if self.weight_decay is not None and not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise GradnasError(f"config: arch_optim.weight_decay must be a finite number >= 0 or null (the "
+                               f"relaxation's default), got {self.weight_decay}")
 
 
 @dataclass(frozen=True)
@@ -206,7 +232,8 @@ class PVLLConfig:
             (self.population >= 2, f"pvll.population must be >= 2, got {self.population}"),
             (self.memory >= 2, f"pvll.memory must be >= 2, got {self.memory}"),
             (self.tau > 0, f"pvll.tau must be > 0, got {self.tau}"),
-            (self.arch_lr > 0 and self.estimator_lr > 0, "pvll.arch_lr and pvll.estimator_lr must be > 0"),
+            (self.arch_lr > 0 and self.estimator_lr > 0 and math.isfinite(self.arch_lr + self.estimator_lr),
+             "pvll.arch_lr and pvll.estimator_lr must be finite numbers > 0"),
             (self.hidden >= 1, f"pvll.hidden must be >= 1, got {self.hidden}"),
             (self.estimator_updates >= 1 and self.warmup_updates >= 1,
              "pvll.estimator_updates and pvll.warmup_updates must be >= 1"),
@@ -283,7 +310,11 @@ class SearchConfig:
              f"w_optim.lr must be a finite number > 0, got {self.w_optim.lr}"),
             (self.arch_optim.lr >= 0 and math.isfinite(self.arch_optim.lr),
              f"arch_optim.lr must be a finite number >= 0, got {self.arch_optim.lr}"),
-            (self.w_optim.lr_min >= 0 and self.w_optim.grad_clip >= 0, "w_optim.lr_min and grad_clip must be >= 0"),
+            (self.w_optim.lr_min <= self.w_optim.lr,
+             f"w_optim.lr_min (the cosine schedule's floor, {self.w_optim.lr_min:g}) must be <= w_optim.lr "
+             f"({self.w_optim.lr:g})"),
+            (SEED_MIN <= self.seed <= SEED_MAX,
+             f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed}"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
             (not self.w_optim.nesterov or self.w_optim.momentum > 0, "w_optim.nesterov needs w_optim.momentum > 0"),
             (self.alpha_data in ALPHA_DATA,
@@ -410,7 +441,9 @@ def _build(cls, d: Any, where: str):
 
 
 def _coerce(value, f: dataclasses.Field, where: str):
-    """Check a scalar against the field's declared type (ints accepted for floats, lists for tuples)."""
+    """Check a scalar against the field's declared type (ints accepted for floats, lists for tuples). A string
+    where a number is expected is read as Python's float() reads it ("1e-3", ".5"); an int field takes an
+    integral value only ("1e3" is 1000, "1.5" is refused). NaN is no setting of any number."""
     kind = str(f.type)
     if value is None:
         if "None" in kind:
@@ -425,13 +458,28 @@ def _coerce(value, f: dataclasses.Field, where: str):
             raise GradnasError(f"config: {where} must be true or false, got {value!r}")
         return value
     if kind.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise GradnasError(f"config: {where} must be an integer, got {value!r}")
-        return value
+        number = _number(value) if isinstance(value, (str, float)) else value
+        if isinstance(number, decimal.Decimal) and number.is_finite() and number == number.to_integral_value():
+            if number.adjusted() >= _MAX_DIGITS:  # int() of 1e999999999 would take all memory
+                raise GradnasError(f"config: {where} is too large for a setting, got {_short(value)}")
+            number = int(number)
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise GradnasError(f"config: {where} must be an integer, got {_short(value)}")
+        return number
     if kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise GradnasError(f"config: {where} must be a number, got {value!r}")
-        return float(value)
+        number = _number(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not isinstance(number, (int, float, decimal.Decimal)):
+            raise GradnasError(f"config: {where} must be a number, got {_short(value)}")
+        try:
+            number = float(number)
+        except ValueError:  # a signalling NaN ("snan")
+            number = math.nan
+        except OverflowError:
+            raise GradnasError(f"config: {where} is too large for a number, got a number of {len(str(value))} "
+                               "digits") from None
+        if math.isnan(number):
+            raise GradnasError(f"config: {where} must be a number, got NaN")
+        return number
     if kind.startswith("str"):
         if not isinstance(value, str):
             raise GradnasError(f"config: {where} must be a string, got {value!r}")
@@ -439,9 +487,94 @@ def _coerce(value, f: dataclasses.Field, where: str):
     return value
 
 
+_MAX_DIGITS = 100  # an integer setting longer than this is no setting
+
+
+def _number(value):
+    """A float or a string as an exact decimal (every spelling Python's float() reads), else ``value`` as it was."""
+    try:
+        return decimal.Decimal(value.strip() if isinstance(value, str) else value)
+    except (decimal.InvalidOperation, ValueError, TypeError):
+        return value
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
+# ---- reading YAML: plain data, Python's float spellings, no duplicate keys
+
+# YAML 1.1 (PyYAML's resolver) reads 1e-3, 1E3, 1.5e3 (an exponent without a sign or without a dot) and -.5
+# as strings; every one of them is a float to Python's float() and to a user. Added to the float resolver.
+_FLOAT_SPELLINGS = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+
+                                  |[-+]\.[0-9][0-9_]*)$""", re.X)
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names one key twice (PyYAML would keep the last value without a word)."""
+
+    def __init__(self, key, first, again):
+        super().__init__(f"key {key!r} appears twice (lines {first.line + 1} and {again.line + 1})")
+        self.key, self.first, self.again = key, first, again
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data, no tags that run code) that reads every float spelling Python's
+    float() accepts and refuses a mapping with a duplicate key."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` overrides by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: SafeConstructor's own error says so
+                    continue
+                if first is not key_node.start_mark:
+                    raise DuplicateKey(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_SPELLINGS, list("-+.0123456789"))
+
+
+def parse_yaml(text: str):
+    """YAML data from text with :class:`ConfigLoader` (raises yaml.YAMLError, :class:`DuplicateKey` among them)."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
+def read_yaml_file(path, *, kind: str = "config"):
+    """The data of a YAML file, or one GradnasError naming the file, the line and the fix: not UTF-8 text,
+    not valid YAML, a tag (nothing is ever run), a key given twice."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise GradnasError(f"{kind} file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                           "save it with UTF-8 encoding") from None
+    try:
+        return parse_yaml(text)
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise GradnasError(f"{kind} file {path} is not valid YAML: {str(exc).split(';')[0]}") from None
+    except DuplicateKey as exc:
+        raise GradnasError(f"{kind} file {path}: {exc}; keep one of them") from None
+    except yaml.YAMLError as exc:  # one line: the problem and where (PyYAML's own text spans several)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise GradnasError(f"{kind} file {path} is not valid YAML{where}: {problem}; only plain YAML (no "
+                           "!!python tags) is read") from None
+
+
 def load_yaml(path_or_name: str, *, shipped_dir: Path = CONFIG_DIR, kind: str = "config") -> dict:
     """A config file's mapping. A bare name (``milenas-1st``) means a config shipped with gradnas (in
-    ``shipped_dir``; ``kind`` names what is loaded in messages, e.g. "setting")."""
+    ``shipped_dir``; ``kind`` names what is loaded in messages, e.g. "setting"). Read by :func:`read_yaml_file`."""
     path = Path(path_or_name)
     if not path.is_file():
         shipped = shipped_dir / f"{path_or_name}.yaml"
@@ -450,14 +583,7 @@ def load_yaml(path_or_name: str, *, shipped_dir: Path = CONFIG_DIR, kind: str = 
             raise GradnasError(f"{kind} {path_or_name!r} not found: give a YAML file path or a shipped {kind} "
                                f"name ({names})")
         path = shipped
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:  # one line: the problem and where (PyYAML's own text spans several)
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise GradnasError(f"{kind} file {path} is not valid YAML{where}: {problem}; only plain YAML (no "
-                           "!!python tags) is read") from None
+    data = read_yaml_file(path, kind=kind)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -471,8 +597,10 @@ def apply_override(d: dict, assignment: str) -> None:
         raise GradnasError(f"--set {assignment!r}: expected key=value, e.g. --set w_optim.lr=0.01")
     key, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+        value = parse_yaml(raw)
+    except DuplicateKey as exc:
+        raise GradnasError(f"--set {assignment!r}: {exc.args[0].split(' (')[0]}; keep one of them") from None
+    except (yaml.YAMLError, ValueError):  # not YAML, or an integer past Python's digit limit: the text itself
         value = raw
     parts = key.strip().split(".")
     node = d

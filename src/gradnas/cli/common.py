@@ -1,6 +1,8 @@
 """What several commands share: the command record, the error guard, genotype sources, quiet workers."""
 from __future__ import annotations
 
+import argparse
+import decimal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +86,21 @@ def is_dir(text: str) -> bool:
         return Path(text).is_dir()
     except OSError:  # e.g. a genotype string longer than a file name may be
         return False
+
+
+def whole_number(text: str) -> int:
+    """The argparse type of an integer flag: 12, or a float spelling of a whole number (1e3, 2.0); 1.5 is refused."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        value = None
+    if value is None or not value.is_finite() or value != value.to_integral_value() or value.adjusted() >= 100:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(value)
 
 
 def speaker(is_main: bool) -> Callable:

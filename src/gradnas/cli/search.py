@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gradnas import overrides
-from gradnas.cli.common import add_launch_flags, check_resume_out, drive, process_group, speaker
+from gradnas.cli.common import add_launch_flags, check_resume_out, drive, process_group, speaker, whole_number
 from gradnas.cli.plugins import portable
 from gradnas.errors import GradnasError
 
@@ -37,7 +37,7 @@ def _add_config_flags(p, *, grid: bool):
         p.add_argument("--method", help="architecture optimizer: milenas, darts, single-level, or pvll (PVLL-NAS: a "
                                         "learned validation-loss estimator guides the sampling; settings in the "
                                         "pvll config section)")
-    p.add_argument("--order", type=int, help="1 (first order) or 2 (second order: darts, milenas; one virtual "
+    p.add_argument("--order", type=whole_number, help="1 (first order) or 2 (second order: darts, milenas; one virtual "
                                              "weight step, finite-difference Hessian-vector product; pvll: train "
                                              "each sampled cell before measuring its loss, the paper's main setting)")
     if not grid:
@@ -50,7 +50,7 @@ def _add_config_flags(p, *, grid: bool):
                    help="where the architecture batch comes from: split (the architecture half, default), "
                         "same-split (another batch of the weight half) or same-batch (the weight batch itself); "
                         "single-level paper, Table 1")
-    p.add_argument("--switch-at", type=int, metavar="E",
+    p.add_argument("--switch-at", type=whole_number, metavar="E",
                    help="method schedule: run --method for the first E epochs, then --then (weights, alphas and "
                         "optimizer state carry over; MiLeNAS Fig. 2b: --method darts --switch-at 35 --then milenas)")
     p.add_argument("--then", metavar="METHOD", help="the method after --switch-at epochs")
@@ -79,17 +79,17 @@ def _add_config_flags(p, *, grid: bool):
                    help="train the estimator with a plain MSE instead of eq. 8's 1/p_t weights")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
     p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
-    p.add_argument("--epochs", type=int, help="epochs (not read by pvll, which counts pvll.steps)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--cells", type=int, help="darts: cells in the network; nb201: cells per stage (N)")
-    p.add_argument("--channels", type=int, help="initial channels (C)")
+    p.add_argument("--epochs", type=whole_number, help="epochs (not read by pvll, which counts pvll.steps)")
+    p.add_argument("--batch-size", type=whole_number)
+    p.add_argument("--cells", type=whole_number, help="darts: cells in the network; nb201: cells per stage (N)")
+    p.add_argument("--channels", type=whole_number, help="initial channels (C)")
     if not grid:
-        p.add_argument("--seed", type=int)
+        p.add_argument("--seed", type=whole_number)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--callback", action="append", metavar="NAME",
                    help="attach a callback registered under NAME (gradnas.callbacks.register_callback; import its "
                         "module with --plugin); repeatable; saved in config.yaml, so --resume attaches it again")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)" if not grid else
+    p.add_argument("--threads", type=whole_number, help="CPU threads (default: all cores)" if not grid else
                    "CPU threads per run (default: the cores divided among --jobs)")
     g = p.add_argument_group(
         "probes", "Optional per-epoch measurements, recorded in metrics.jsonl and drawn by `gradnas plot`; all off "
@@ -108,7 +108,7 @@ def _add_config_flags(p, *, grid: bool):
                         "index, last, or a cell kind for the weight all such cells share (darts: normal, reduce; "
                         "nb201: cell); S may be *, e.g. 'last:3<-*'. Repeatable. Cost: shares the --probe-grad-corr "
                         "passes (the same cost if used alone)")
-    g.add_argument("--probe-batches", type=int, metavar="N",
+    g.add_argument("--probe-batches", type=whole_number, metavar="N",
                    help="batch pairs per epoch for the gradient probes (default 2); their cost grows with N")
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gradnas import overrides
-from gradnas.cli.common import add_launch_flags, check_resume_out, drive, process_group, speaker
+from gradnas.cli.common import add_launch_flags, check_resume_out, drive, process_group, speaker, whole_number
 from gradnas.errors import GradnasError
 
 
@@ -31,12 +31,12 @@ def add_parser(sub):
                    help="override any setting, e.g. --set optim.lr=0.05 --set network.drop_path=0.3 (repeatable)")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")
     p.add_argument("--data-dir", help="where the dataset is (folder or .tar.gz)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size")
-    p.add_argument("--cells", type=int, help="DARTS: cells in the network; NB-201: cells per stage")
-    p.add_argument("--channels", type=int, help="initial channels")
+    p.add_argument("--epochs", type=whole_number)
+    p.add_argument("--batch-size", type=whole_number, help="global batch size")
+    p.add_argument("--cells", type=whole_number, help="DARTS: cells in the network; NB-201: cells per stage")
+    p.add_argument("--channels", type=whole_number, help="initial channels")
     p.add_argument("--lr", type=float, help="initial learning rate")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=whole_number)
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = bfloat16 autocast")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format")
@@ -44,7 +44,7 @@ def add_parser(sub):
     p.add_argument("--callback", action="append", metavar="NAME",
                    help="attach a callback registered under NAME (gradnas.callbacks.register_callback; import its "
                         "module with --plugin); repeatable; saved in config.yaml, so --resume attaches it again")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=whole_number, help="CPU threads (default: all cores)")
     p.add_argument("--out", help="run folder (default: runs/train-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the training in RUN_DIR from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

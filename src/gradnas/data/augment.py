@@ -103,6 +103,18 @@ class Augment:
         keep = 1.0 - in_rows.unsqueeze(2) * in_cols.unsqueeze(1)
         return x.mul_(keep.unsqueeze(1))
 
+    def check_image_size(self, height: int, width: int) -> None:
+        """Refuse a padding or cutout the images cannot take: a padding of the image's side or more (crops of
+        nothing but padding, and a padded batch that may not fit in memory), a cutout square larger than the
+        image (every image blanked)."""
+        side = min(int(height), int(width))
+        if self.crop_padding >= side:
+            raise GradnasError(f"data.crop_padding ({self.crop_padding}) must be smaller than the images' side "
+                               f"({side} pixels; DARTS pads 32-pixel CIFAR images by 4)")
+        if self.cutout > side:
+            raise GradnasError(f"data.cutout ({self.cutout}) must be at most the images' side ({side} pixels; "
+                               "DARTS cuts 16 of 32), or 0 for no cutout")
+
     # -------------------------------------------------------------------------------- call
 
     def __call__(self, x_uint8: torch.Tensor, generator: torch.Generator | None,
@@ -119,6 +131,7 @@ class Augment:
                 f"{x.dtype} {tuple(x.shape)}"
             )
         if train and x.shape[0] > 0:
+            self.check_image_size(*x.shape[2:])
             if self.crop_padding or self.flip:
                 x = self._crop_flip(x, generator)
             out = self.normalize(x)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from gradnas.config import read_yaml_file
 from gradnas.errors import GradnasError
 from gradnas.run import CONFIG_FILE, GENOTYPE_FILE, METRICS_FILE, NETWORK_FILE, SUMMARY_FILE
 
@@ -103,7 +103,7 @@ class Run:
         last = self.last
         if isinstance(last.get("gap"), dict):
             return last["gap"]["acc_gap"], "probe"
-        if "train_acc" in last and "valid_acc" in last:
+        if last.get("train_acc") is not None and last.get("valid_acc") is not None:
             return last["train_acc"] - last["valid_acc"], "running"
         return None, "n/a"
 
@@ -113,8 +113,9 @@ class Run:
             xs = [m["epoch"] for m in self.metrics if isinstance(m.get("gap"), dict)]
             ys = [m["gap"]["acc_gap"] for m in self.metrics if isinstance(m.get("gap"), dict)]
             return xs, ys, "probe"
-        xs = [m["epoch"] for m in self.metrics if "train_acc" in m and "valid_acc" in m]
-        ys = [m["train_acc"] - m["valid_acc"] for m in self.metrics if "train_acc" in m and "valid_acc" in m]
+        both = [m for m in self.metrics if m.get("train_acc") is not None and m.get("valid_acc") is not None]
+        xs = [m["epoch"] for m in both]
+        ys = [m["train_acc"] - m["valid_acc"] for m in both]
         return xs, ys, "running"
 
     @property
@@ -181,10 +182,11 @@ def load_run(path, *, need_epochs: bool = True, kinds=(SEARCH, TRAINING), comman
                                f"(e.g. {path}/*)")
         raise GradnasError(f"{path} is not a gradnas run folder (no {CONFIG_FILE}); give a folder written by "
                            "`gradnas search` or `gradnas train`")
-    try:
-        config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise GradnasError(f"{path / CONFIG_FILE} is not valid YAML ({exc})") from None
+    config = read_yaml_file(path / CONFIG_FILE, kind="run config")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise GradnasError(f"{path / CONFIG_FILE} must hold a mapping of settings; the file was edited or damaged")
     kind = run_kind(config)
     if kind is None:
         raise GradnasError(f"{path} is not a gradnas run folder (its {CONFIG_FILE} is neither a search's nor a "
@@ -192,23 +194,7 @@ def load_run(path, *, need_epochs: bool = True, kinds=(SEARCH, TRAINING), comman
     if kind not in kinds:
         wanted = " or ".join(KIND_WORDS[k] for k in kinds)
         raise GradnasError(f"{path} is {KIND_WORDS[kind]}; {command or 'this command'} reads {wanted}")
-    metrics = []
-    metrics_path = path / METRICS_FILE
-    if metrics_path.is_file():
-        lines = metrics_path.read_text().splitlines()
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                # A last line cut short by a crash mid-write: everything before it is good.
-                if n == len(lines):
-                    break
-                raise GradnasError(f"{metrics_path} line {n} is not valid JSON; the file was edited or "
-                                   "damaged") from None
-            if isinstance(record, dict) and "epoch" in record:
-                metrics.append(_finite(record))
+    metrics = read_metrics(path / METRICS_FILE)
     if need_epochs and not metrics:
         raise GradnasError(f"{path} has no finished epoch yet ({METRICS_FILE} is empty); plot or report it after "
                            "the first epoch")
@@ -221,12 +207,96 @@ def load_run(path, *, need_epochs: bool = True, kinds=(SEARCH, TRAINING), comman
                genotype_file=genotype.get("string") if isinstance(genotype, dict) else None)
 
 
+# The types a metrics line's keys must have for the readers (tables, plots, sizes) to use them; a line that
+# breaks them is skipped with a warning. Keys not listed are passed through as they are.
+_NUMBER_KEYS = ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "arch_batch_loss", "arch_batch_acc",
+                "epoch_time", "probe_time", "round_time", "non_learnable_share", "params_m", "normal_convs",
+                "reduce_convs", "lr_scale", "test_loss", "test_acc", "test_top5", "drop_path")
+_STRING_KEYS = ("genotype", "method")
+_TABLE_KEYS = ("edge_weights", "gap", "grad_corr", "dl_dp", "nb201")  # mappings (nested) of numbers
+_MAPPING_KEYS = ("stop", "lr_decay")
+_GAP_KEYS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "loss_gap", "acc_gap")  # the gap probe's
+
+
+def read_metrics(metrics_path: Path) -> list:
+    """The epoch records of a metrics.jsonl (none if the file is missing). A last line cut short by a crash is
+    dropped; invalid JSON before it is an error (the file was edited or damaged). A line of valid JSON that
+    is no epoch record, or whose figures have the wrong types, is skipped, with one warning naming the file
+    and its lines."""
+    metrics, skipped = [], []
+    if not metrics_path.is_file():
+        return metrics
+    lines = metrics_path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            # A last line cut short by a crash mid-write: everything before it is good.
+            if n == len(lines):
+                break
+            raise GradnasError(f"{metrics_path} line {n} is not valid JSON; the file was edited or "
+                               "damaged") from None
+        problem = _record_problem(record)
+        if problem:
+            skipped.append((n, problem))
+        else:
+            metrics.append(_finite(record))
+    if skipped:
+        where = ", ".join(str(n) for n, _ in skipped)
+        print(f"gradnas: warning: {metrics_path} line{'s' if len(skipped) > 1 else ''} {where} skipped: "
+              f"{skipped[0][1]}{' (and more)' if len(skipped) > 1 else ''}", file=sys.stderr)
+    return metrics
+
+
+def _record_problem(record) -> str | None:
+    """Why a parsed metrics line is no epoch record the readers can use, or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an epoch record"
+    epoch = record.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        return f"'epoch' must be a whole number >= 1, got {json.dumps(epoch)}"
+    for key in _NUMBER_KEYS:
+        if key in record and record[key] is not None and not _is_number(record[key]):
+            return f"'{key}' must be a number, got {json.dumps(record[key])[:40]}"
+    for key in _STRING_KEYS:
+        if key in record and not isinstance(record[key], str):
+            return f"'{key}' must be a string, got {json.dumps(record[key])[:40]}"
+    for key in _TABLE_KEYS:
+        if key in record and record[key] is not None and not _number_table(record[key]):
+            return f"'{key}' must be a mapping of numbers, got {json.dumps(record[key])[:40]}"
+    if isinstance(record.get("gap"), dict) and not all(_is_number(record["gap"].get(k)) for k in _GAP_KEYS):
+        return f"'gap' must hold the numbers {', '.join(_GAP_KEYS)}"
+    if isinstance(record.get("grad_corr"), dict) and not all(
+            _whole(c) and isinstance(nodes, dict) and all(_whole(n) for n in nodes)
+            for c, nodes in record["grad_corr"].items()):
+        return "'grad_corr' must map cell indices to node indices"
+    for key in _MAPPING_KEYS:
+        if key in record and not isinstance(record[key], dict):
+            return f"'{key}' must be a mapping, got {json.dumps(record[key])[:40]}"
+    return None
+
+
+def _whole(text) -> bool:
+    return isinstance(text, str) and text.lstrip("-").isdigit()
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number_table(v, depth: int = 0) -> bool:
+    return isinstance(v, dict) and depth < 4 and all(
+        x is None or _is_number(x) or _number_table(x, depth + 1) for x in v.values())
+
+
 def _read_json(path: Path):
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise GradnasError(f"{path} is not valid JSON") from None
 
 

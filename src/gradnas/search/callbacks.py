@@ -5,6 +5,8 @@
 * :class:`CollapseWatch`: ``non_learnable_share`` of each epoch's genotype, the collapse warning and the
   single-level paper's lr rule (section 4.1.4: the weight lr times ``collapse.lr_factor`` after an epoch above
   the threshold, a scale on top of the cosine schedule).
+* :class:`AlphaWatch`: a warning (once) and ``alpha_max_abs`` in the record when the architecture parameters
+  leave a sane range (|alpha| > 1e3), as an architecture lr of 1e6 makes them.
 * :class:`ModelSizes`: MiLeNAS's model sizes per epoch, the best genotype per size in ``sizes/`` and the stop
   rules (``gradnas.search.sizes``).
 * :class:`BenchmarkLookup`: the tabular benchmark's figures for the derived cell (every unit and the summary)
@@ -85,6 +87,49 @@ class CollapseWatch(Callback):
         self.lr_decays = int(state.get("lr_decays", 0))
         self.last_share = state.get("last_share")
         run.job.lr_scale = self.lr_scale  # the scale the restored optimizer's lr already carries
+
+
+class AlphaWatch(Callback):
+    """After every unit: the largest |alpha| of the architecture parameters (``tensors()``: the supernet's alphas,
+    or PVLL's A). Beyond ``limit`` the softmax over them is saturated (an architecture lr of 1e6 or a lambda of
+    1e30 gets there in a step) and the search no longer explores: one warning per run, on the main process, and
+    ``alpha_max_abs`` in the record of every unit beyond the limit (``alpha_range_warning`` on the one that
+    warned). Within the limit the record is left as it is, so a sane search writes the lines it always wrote."""
+
+    state_key = "alpha_watch"
+    LIMIT = 1e3
+
+    def __init__(self, tensors, *, hint: str, limit: float = LIMIT):
+        self.tensors, self.hint, self.limit = tensors, hint, float(limit)
+        self.warned = False
+
+    @classmethod
+    def for_supernet(cls) -> "AlphaWatch":
+        """The watch on the alphas of the supernet a per-batch method's loop optimizes (``run.job.model``)."""
+        return cls(None, hint="lower arch_optim.lr (and, for milenas, lambda)")
+
+    def largest(self, run) -> float:
+        tensors = self.tensors() if self.tensors is not None else run.job.model.arch_parameters()
+        return max((float(t.detach().abs().max()) for t in tensors if t.numel()), default=0.0)
+
+    def on_epoch_end(self, run, record):
+        biggest = self.largest(run)
+        if not biggest > self.limit:  # NaN too: the run's NaN check speaks for that
+            return
+        record["alpha_max_abs"] = biggest
+        if not self.warned:
+            self.warned = True
+            record["alpha_range_warning"] = True
+            if run.is_main:
+                tqdm.write(f"gradnas: warning: after {run.job.unit} {run.done}, the architecture parameters reach "
+                           f"|alpha| = {biggest:.3g}, beyond {self.limit:g}: their softmax is saturated and the "
+                           f"search has stopped exploring; {self.hint}", file=sys.stderr)
+
+    def state_dict(self):
+        return {"warned": self.warned}
+
+    def load_state_dict(self, state):
+        self.warned = bool((state or {}).get("warned", False))  # absent in checkpoints from before the watch
 
 
 class ModelSizes(Callback):

@@ -123,7 +123,8 @@ class GradientSearch(SearchAlgorithm):
 
     def builtin_callbacks(self) -> list:
         cfg = self.cfg
-        return [cbs.TemperatureSchedule(), cbs.CollapseWatch(cfg.collapse), cbs.ModelSizes(cfg.stop),
+        return [cbs.TemperatureSchedule(), cbs.CollapseWatch(cfg.collapse), cbs.AlphaWatch.for_supernet(),
+                cbs.ModelSizes(cfg.stop),
                 *cbs.BenchmarkLookup.for_space(cfg.space), *cbs.ProbeRunner.for_search(self), cbs.GenotypeWriter()]
 
     def evaluate_images(self, x, y, *, max_batches=None):

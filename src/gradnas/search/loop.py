@@ -14,8 +14,11 @@ checkpoint.pt, genotype.json, summary.json (when finished), sizes/ (index.json, 
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+
+import torch
 
 from gradnas import distributed
 from gradnas.callbacks import check_callback_names
@@ -111,7 +114,7 @@ def load_search_data(cfg: SearchConfig, folder, *, resume: bool, main: bool, dat
     data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
     split_path = folder.file(SPLIT_FILE)
     if resume and split_path.is_file():
-        split = SearchSplit.from_dict(folder.read_json(SPLIT_FILE))
+        split = read_split(split_path, len(data.train_y))
     else:
         split = make_search_split(len(data.train_y), fraction=cfg.data.split_fraction, seed=cfg.seed,
                                   subset=cfg.data.subset)
@@ -119,7 +122,28 @@ def load_search_data(cfg: SearchConfig, folder, *, resume: bool, main: bool, dat
             folder.write_json(SPLIT_FILE, split.to_dict(), indent=None)
     augment = Augment(data.mean, data.std, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
                       cutout=cfg.data.cutout)
+    augment.check_image_size(*data.train_x.shape[2:])  # before any epoch, not at the first batch
     return SearchData(data, split, augment)
+
+
+def read_split(path, n_images: int) -> SearchSplit:
+    """A resumed search's split.json, or one error naming the file and the fix: the file decides which images
+    train the weights and which the architecture, so a search cannot continue exactly without it."""
+    fix = "restore it from a copy, or start the search again with a new --out"
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        why = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "it is not valid JSON"
+        raise GradnasError(f"{path} is damaged ({why}); {fix}") from None
+    try:
+        split = SearchSplit.from_dict(record)
+    except GradnasError as exc:
+        raise GradnasError(f"{path} is damaged: {exc}; {fix}") from None
+    both = torch.cat([split.weight_idx, split.arch_idx])
+    if both.numel() and int(both.max()) >= n_images:
+        raise GradnasError(f"{path} is damaged or of another dataset: it lists image {int(both.max())}, but the "
+                           f"training set has {n_images} images; {fix}")
+    return split
 
 
 class Search(Harness):

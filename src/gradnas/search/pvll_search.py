@@ -156,7 +156,8 @@ class PVLLSearch(SearchAlgorithm):
         self.measured = None  # (genotype, accuracy) of the cell the round in flight measured
 
     def builtin_callbacks(self) -> list:
-        return [*cbs.BenchmarkLookup.for_space(self.cfg.space), cbs.GenotypeWriter()]
+        return [cbs.AlphaWatch(lambda: [self.pvll.A], hint="lower pvll.arch_lr"),
+                *cbs.BenchmarkLookup.for_space(self.cfg.space), cbs.GenotypeWriter()]
 
     def units(self) -> int:
         return len(self.plan)

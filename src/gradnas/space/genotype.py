@@ -373,7 +373,7 @@ def load_genotype(source: str | os.PathLike):
                            f"name of a published cell ({_name_hint(text)})")
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise GradnasError(f"genotype file {path} is not valid JSON ({exc}); write it with `gradnas search` or "
                            "Genotype.to_dict()") from None
     return genotype_from_dict(data, source=str(path))

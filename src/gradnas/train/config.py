@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from gradnas.config import CONFIG_DIR, build_config, load_yaml
+from gradnas.config import CONFIG_DIR, SEED_MAX, SEED_MIN, build_config, load_yaml
 from gradnas.errors import GradnasError
 from gradnas.space.darts_network import STEMS
 
@@ -108,9 +108,12 @@ class TrainConfig:
             (n.auxiliary_weight >= 0 and math.isfinite(n.auxiliary_weight),
              f"network.auxiliary_weight must be >= 0, got {n.auxiliary_weight}"),
             (0 <= n.drop_path < 1, f"network.drop_path must be in [0, 1), got {n.drop_path}"),
-            (o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
-            (o.momentum >= 0 and o.weight_decay >= 0 and o.grad_clip >= 0,
-             "optim.momentum, optim.weight_decay and optim.grad_clip must be >= 0"),
+            (SEED_MIN <= self.seed <= SEED_MAX,
+             f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed}"),
+            (o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be a finite number > 0, got {o.lr}"),
+            *((value >= 0 and math.isfinite(value), f"optim.{key} must be a finite number >= 0, got {value}")
+              for key, value in (("momentum", o.momentum), ("weight_decay", o.weight_decay),
+                                 ("grad_clip", o.grad_clip))),
             (not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0"),
             (0 <= o.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}"),
             (o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}"),

@@ -109,6 +109,7 @@ def make_train_data(cfg: TrainDataConfig, *, batch_size: int, seed: int, device:
     if len(mean) != data.channels:
         raise GradnasError(f"data.mean has {len(mean)} values but the images have {data.channels} channels")
     augment = Augment(mean, std, crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout)
+    augment.check_image_size(*data.train_x.shape[-2:])  # before the run folder is made, not at the first batch
     train_x, train_y = data.train_x, data.train_y
     chosen = _pick_subset(len(train_y), cfg.subset, seed)
     valid_split = _split(cfg, len(train_y), chosen, seed, split, split_source)

@@ -126,7 +126,7 @@ def _final_genotype(run_dir: Path):
                            f"one with --genotype {file}")
     try:
         final = json.loads(summary_file.read_text()).get("genotype")
-    except (json.JSONDecodeError, AttributeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, AttributeError):
         raise GradnasError(f"{summary_file} is not a search summary (invalid JSON); give --genotype {file}") from None
     if final is not None and final != genotype.to_string():
         raise GradnasError(f"{file} and {summary_file} name different genotypes; the folder was changed after the "
@@ -141,7 +141,7 @@ def _from_size_index(run_dir: Path, size: tuple) -> tuple:
                            "model-size based selection")
     try:
         entries = json.loads(index_file.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise GradnasError(f"{index_file} is not valid JSON ({exc})") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise GradnasError(f"{index_file} must be a list of entries with normal_convs, reduce_convs, genotype_file")
