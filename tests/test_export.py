@@ -118,12 +118,24 @@ def test_load_network_of_a_search_run_and_of_genotypes(tmp_path):
     save_genotype(geno, search / "genotype.json")
     (search / "summary.json").write_text(json.dumps({"genotype": geno.to_string(), "finished": True}))
     (search / "config.yaml").write_text("space: darts\nmethod: milenas\ndata: {dataset: cifar10}\n")
-    net = gradnas.load_network(search)
+    with pytest.raises(GradnasError, match="has no best-genotype.json"):  # best, by default, as gradnas train
+        gradnas.load_network(search)
+    net = gradnas.load_network(search, pick="last")
     assert net.genotype == geno and net.cells_count == 5 and net.stem[0].in_channels == 3 and not net.training
-    assert plan_network(search).input_shape == (3, 32, 32)
+    assert plan_network(search, pick="last").input_shape == (3, 32, 32)
+    best = load_genotype("DARTS_V1")
+    (search / "best-genotype.json").write_text(json.dumps(
+        {**best.to_dict(), "selected": {"epoch": 1, "unit": "epoch", "by": "valid_acc", "valid_acc": 50.0}}))
+    assert gradnas.load_network(search).genotype == best
+    with pytest.raises(GradnasError, match="pick= chooses the epoch of a search run folder"):
+        gradnas.load_network("DARTS_V2", pick="best")
+    for pick, cell in (("last", geno), ("best", best)):  # gradnas export RUN --pick
+        out = tmp_path / f"{pick}.pt"
+        assert main(["export", str(search), "--format", "state_dict", "--pick", pick, "--out", str(out)]) == 0
+        assert torch.load(out, weights_only=True).keys() == gradnas.load_network(cell).state_dict().keys()
     (search / "summary.json").unlink()
     with pytest.raises(GradnasError, match="has not finished"):
-        gradnas.load_network(search)
+        gradnas.load_network(search, pick="last")
     # a published name: the quick setting (Fashion-MNIST, 5 cells, 8 channels); setting="cifar": the papers'
     plan = plan_network("DARTS_V2")
     assert (plan.kind, plan.input_shape, plan.net_cfg.cells, plan.net_cfg.channels) == ("genotype", (1, 28, 28), 5, 8)

@@ -5,8 +5,10 @@
 * a **training run folder** (``gradnas train --out RUN``): the network it trained, shaped as it was (cells,
   channels, stem, auxiliary head, input channels and classes from its config.yaml and network.json), with
   the weights of its last checkpoint (``weights=False``: the same network, untrained);
-* a **search run folder**: the evaluation network of its final genotype, untrained, for the images it was
-  searched on (input channels and classes of its dataset);
+* a **search run folder**: the evaluation network of the genotype ``pick`` chooses (``"best"``, the default as
+  in ``gradnas train --genotype RUN``: best-genotype.json, the epoch with the best validation accuracy;
+  ``"last"``: the final genotype), untrained, for the images it was searched on (input channels and
+  classes of its dataset);
 * a **genotype**: a JSON file, a string of any form (``normal=|...|``, ``Genotype(normal=[...], ...)``,
   ``|op~0|+|...|``), genotype JSON text, the name of a published cell (``DARTS_V2``; gradnas.genotypes.named())
   or a Genotype object: its evaluation network, untrained.
@@ -64,16 +66,17 @@ class NetworkPlan(NamedTuple):
 
 
 def load_network(source, *, weights: bool = True, device="cpu", setting: str | None = None,
-                 cells: int | None = None, channels: int | None = None, classes: int | None = None,
-                 in_channels: int | None = None) -> torch.nn.Module:
+                 pick: str | None = None, cells: int | None = None, channels: int | None = None,
+                 classes: int | None = None, in_channels: int | None = None) -> torch.nn.Module:
     """The evaluation network of ``source`` in eval mode on ``device`` (see the module doc for the sources,
-    ``setting`` and the overrides). Every bad source or option is one GradnasError naming the fix."""
-    plan = plan_network(source, weights=weights, setting=setting, cells=cells, channels=channels,
+    ``setting``, ``pick`` and the overrides). Every bad source or option is one GradnasError naming the fix."""
+    plan = plan_network(source, weights=weights, setting=setting, pick=pick, cells=cells, channels=channels,
                         classes=classes, in_channels=in_channels)
     return build_planned(plan, device=device)
 
 
-def plan_network(source, *, weights: bool = True, setting: str | None = None, **overrides) -> NetworkPlan:
+def plan_network(source, *, weights: bool = True, setting: str | None = None, pick: str | None = None,
+                 **overrides) -> NetworkPlan:
     """What :func:`load_network` builds for these arguments, without building it."""
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
@@ -86,13 +89,16 @@ def plan_network(source, *, weights: bool = True, setting: str | None = None, **
     if not isinstance(weights, bool):
         raise GradnasError(f"load_network: weights must be True or False, got {weights!r}")
     folder = _run_folder(source)
+    if pick is not None and (folder is None or (folder / NETWORK_FILE).is_file()):
+        raise GradnasError("load_network: pick= chooses the epoch of a search run folder; drop it for a training "
+                           "run or a genotype")
     if folder is not None and (folder / NETWORK_FILE).is_file():
         if setting is not None:
             raise GradnasError(f"load_network: {folder} is a training run, built as its config.yaml says; drop "
                                "setting= (it shapes networks of genotypes and search runs)")
         return _training_plan(folder, weights, given)
     if folder is not None:
-        genotype, dataset = _search_run(folder)
+        genotype, dataset = _search_run(folder, pick or "best")
         return _genotype_plan(genotype, setting, given, dataset=dataset, kind="search run", source=str(folder))
     return _genotype_plan(_genotype(source), setting, given, dataset=None, kind="genotype", source=str(source))
 
@@ -170,16 +176,17 @@ def _genotype(source):
     return load_genotype(source)
 
 
-def _search_run(folder: Path) -> tuple:
-    """(final genotype, dataset name) of a search run folder; a training run folder without network.json and
-    any other config are refused."""
+def _search_run(folder: Path, pick: str) -> tuple:
+    """(genotype, dataset name) of a search run folder, the genotype ``pick`` chooses as `gradnas train
+    --genotype RUN --pick` does; a training run folder without network.json and any other config are
+    refused."""
     from gradnas.config import SearchConfig, load_yaml
     from gradnas.train.genotypes import genotype_from_source
     saved = load_yaml(str(folder / CONFIG_FILE))
     if "method" not in saved and "space" not in saved:
         raise GradnasError(f"{folder} holds a training config but no {NETWORK_FILE}; it is not a complete "
                            f"training run folder. Give a training run written by `gradnas train`")
-    genotype, _ = genotype_from_source(str(folder))
+    genotype, _ = genotype_from_source(str(folder), pick=pick)
     data = saved.get("data")
     dataset = data.get("dataset") if isinstance(data, dict) else None
     return genotype, dataset or SearchConfig().data.dataset

@@ -23,12 +23,15 @@ def add_parser(sub):
     p.add_argument("--format", required=True, choices=FORMATS, help="file format (onnx needs the export extra: "
                                                                     "pip install 'gradnas[export]')")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write (e.g. net.pt2, net.onnx)")
+    p.add_argument("--pick", choices=("best", "last"), help="for a search run folder: the genotype of the epoch with "
+                                                          "the best validation accuracy (default, as gradnas train) "
+                                                          "or its last epoch's")
     return p
 
 
 def run(args) -> int:
     from gradnas.export import export_source
-    path, plan = export_source(args.run, args.out, format=args.format)
+    path, plan = export_source(args.run, args.out, format=args.format, pick=args.pick)
     c, h, w = plan.input_shape
     weights = "trained weights" if plan.checkpoint is not None else "untrained, initial weights"
     print(f"exported the {plan.kind}'s network ({weights}; {plan.genotype.space} genotype, input N x {c} x {h} x "
