@@ -24,9 +24,8 @@ import json
 import math
 import os
 import shutil
-from pathlib import Path
-
 import sys
+from pathlib import Path
 
 import torch
 import yaml
