@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from gradnas.cli import main
 from gradnas.relax import make_relaxation
 from gradnas.space.darts import DartsSpaceConfig, DartsSupernet
 
@@ -8,6 +9,20 @@ from gradnas.space.darts import DartsSpaceConfig, DartsSupernet
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+def cli_fails(capsys, argv, *needles):
+    """Run the CLI in this process; exactly one error line (warnings aside), exit 2, no traceback, every needle
+    in the line, which is returned."""
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("gradnas: warning: ")]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("gradnas: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
 
 
 def tiny_supernet(relax="softmax", *, cells=3, channels=4, nodes=2, in_channels=3, classes=5, seed=0,

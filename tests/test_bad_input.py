@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cli_fails as _fails
 from gradnas.checkpoint import load_checkpoint
 from gradnas.cli import main
 
@@ -22,19 +23,6 @@ from test_data import cifar_fixtures, cifar_members  # noqa: F401  (fixtures: a 
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 SEARCH = ["search", *TINY]
-
-
-def _fails(capsys, argv, *needles):
-    """Run the CLI in this process; exactly one error line, exit 2, every needle in it."""
-    rc = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("gradnas: warning: ")]
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("gradnas: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def _png(path, array):

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import cli_fails as _fails
 from gradnas.checkpoint import FORMAT, load_checkpoint, previous_path, save_checkpoint
 from gradnas.cli import main
 from gradnas.errors import GradnasError
@@ -26,18 +27,6 @@ def _copy(run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(run, out)
     return out
-
-
-def _fails(capsys, argv, *needles):
-    rc = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("gradnas: warning: ")]
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("gradnas: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def test_checkpoint_has_a_checksum_and_the_previous_one_is_kept(two_epochs):

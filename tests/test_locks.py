@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from conftest import cli_fails as _fails
 from gradnas.cli import main
 from gradnas.errors import GradnasError
 from gradnas.run import LOCK_FILE, RunFolder, available_cores
@@ -34,17 +35,6 @@ def _start(args):
 
 def _epochs(run):
     return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _fails(capsys, argv, *needles):
-    rc = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("gradnas: warning: ")]
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("gradnas: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 # -------------------------------------------------------------------------------- one writer per folder
