@@ -50,12 +50,18 @@ class CheckpointMismatch(Exception):
     e.g. 'stops at step 9 of an epoch of 4 steps')."""
 
 
-def write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON atomically (a temporary file renamed over the old one)."""
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` atomically (a temporary file renamed over the old one: a reader never sees half of it)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON atomically (:func:`write_text`)."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 class RunFolder:

@@ -7,7 +7,6 @@ Groups are labelled by the settings that tell them apart (method, lambda, relaxa
 """
 from __future__ import annotations
 
-import os
 import statistics
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from gradnas.report.params import LABEL as PARAMS_LABEL
 from gradnas.report.params import NOTE as PARAMS_NOTE
 from gradnas.report.params import run_params
 from gradnas.report.run import KIND_WORDS, TRAINING, Run, load_run, md_table
+from gradnas.run import write_text
 
 COMPARE_FILE = "compare.md"
 # Settings that do not make two searches different experiments.
@@ -160,10 +160,7 @@ def compare(run_dirs, out_dir) -> tuple[Path, list]:
     spaces = sorted({r.config.get("space", "darts") for r in runs})
     md.append(f"*{PARAMS_LABEL}*: " + "; ".join(f"{space}: {PARAMS_NOTE.get(space, 'no counter for this space')}"
                                                   for space in spaces) + ".\n")
-    path = out_dir / COMPARE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(part.strip("\n") + "\n" for part in md))
-    os.replace(tmp, path)
+    path = write_text(out_dir / COMPARE_FILE, "\n".join(part.strip("\n") + "\n" for part in md))
     return path, images
 
 
@@ -225,8 +222,5 @@ def compare_training(runs: list, out_dir: Path) -> tuple[Path, list]:
         md.append(f"Genotype of every run: `{_cell(genotypes[0] or 'n/a')}`\n")
     images = plots.plot_train_comparison(groups, out_dir)
     md.append("## Plots\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n")
-    path = out_dir / COMPARE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(part.strip("\n") + "\n" for part in md))
-    os.replace(tmp, path)
+    path = write_text(out_dir / COMPARE_FILE, "\n".join(part.strip("\n") + "\n" for part in md))
     return path, images

@@ -4,7 +4,6 @@ report.md links its figures relatively (plots/*.png), so the run folder can be m
 """
 from __future__ import annotations
 
-import os
 import statistics
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from gradnas.report.params import NOTE as PARAMS_NOTE
 from gradnas.report.params import run_params
 from gradnas.report.run import TRAINING, Run, load_run, md_table
 from gradnas.report.sizes import size_records, sizes_markdown, stop_record
+from gradnas.run import write_text
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.md"
@@ -173,8 +173,5 @@ def write_report(run_dir) -> tuple[Path, list, list]:
 
     md.append("\n## Configuration\n\n```yaml\n" + yaml.safe_dump(cfg, sort_keys=False) + "```\n")
     text = "\n\n".join(part.strip("\n") for part in md if part) + "\n"
-    path = run.path / REPORT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path = write_text(run.path / REPORT_FILE, text)
     return path, missing, warnings

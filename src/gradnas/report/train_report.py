@@ -3,7 +3,6 @@ which epoch the run reports and why, the accuracy and loss curves and the lr / d
 a per-epoch table and the setting. Reads what `gradnas train` writes (gradnas.train.loop)."""
 from __future__ import annotations
 
-import os
 import statistics
 
 import yaml
@@ -12,6 +11,7 @@ from gradnas.errors import GradnasError
 from gradnas.report import plots
 from gradnas.report.cells import draw_genotype, read_genotype
 from gradnas.report.run import Run, md_table
+from gradnas.run import write_text
 
 PLOTS_DIR, REPORT_FILE = "plots", "report.md"
 
@@ -97,8 +97,5 @@ def write_train_report(run: Run):
                   f"{sum(times) / 60:.1f} min.\n")
     md.append("\n## Setting\n\n```yaml\n" + yaml.safe_dump(cfg, sort_keys=False) + "```\n")
     text = "\n\n".join(part.strip("\n") for part in md if part) + "\n"
-    path = run.path / REPORT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path = write_text(run.path / REPORT_FILE, text)
     return path, [], warnings
