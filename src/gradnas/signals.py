@@ -44,19 +44,16 @@ class SecondSignal(KeyboardInterrupt):
         return 128 + self.signum
 
 
-class StopOnSignal:
-    """Context manager: while active, SIGINT / SIGTERM set :attr:`requested` (the signal number) instead of
-    interrupting; a second one raises :class:`SecondSignal` (a KeyboardInterrupt). Previous handlers come back on exit."""
+class _SignalGuard:
+    """Context manager that routes SIGINT / SIGTERM to :meth:`_handle` while active (only where handlers can be
+    set: the main thread) and puts the previous handlers back on exit (or ``replacement``, see :meth:`_restore`)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested: int | None = None
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.requested is not None:
-            raise SecondSignal(signum)
-        self.requested = signum
+        raise NotImplementedError
 
     def __enter__(self):
         if self.enabled:
@@ -64,10 +61,27 @@ class StopOnSignal:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def _restore(self, replacement=None) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, handler if replacement is None else replacement)
         self._previous.clear()
+
+
+class StopOnSignal(_SignalGuard):
+    """Context manager: while active, SIGINT / SIGTERM set :attr:`requested` (the signal number) instead of
+    interrupting; a second one raises :class:`SecondSignal` (a KeyboardInterrupt). Previous handlers come back on exit."""
+
+    def __init__(self, enabled: bool = True):
+        super().__init__(enabled)
+        self.requested: int | None = None
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise SecondSignal(signum)
+        self.requested = signum
+
+    def __exit__(self, *exc):
+        self._restore()
         return False
 
     @property
@@ -75,16 +89,15 @@ class StopOnSignal:
         return signal.Signals(self.requested).name if self.requested is not None else ""
 
 
-class StopAtOnce:
+class StopAtOnce(_SignalGuard):
     """Context manager for a multi-process (torchrun) run, where a checkpoint cannot be written mid-unit: the first
     SIGINT or SIGTERM (Ctrl-C, or torchrun ending the others after a rank was lost) raises :class:`SecondSignal`
     at once, so the CLI says one line instead of dying silently; any later one is ignored (the run is already
     stopping, and a second exception during the message would be a traceback)."""
 
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        super().__init__(enabled)
         self.fired = False
-        self._previous = {}
 
     def _handle(self, signum, frame):
         if self.fired:
@@ -96,16 +109,8 @@ class StopAtOnce:
         """Ignore every further signal (the run is stopping for another reason: a lost rank)."""
         self.fired = True
 
-    def __enter__(self):
-        if self.enabled:
-            for s in SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
     def __exit__(self, *exc):
         stopping = self.fired or exc[0] is not None
-        for s, handler in self._previous.items():
-            # stopping: keep ignoring signals while the message is said and the group is left
-            signal.signal(s, signal.SIG_IGN if stopping else handler)
-        self._previous.clear()
+        # stopping: keep ignoring signals while the message is said and the group is left
+        self._restore(signal.SIG_IGN if stopping else None)
         return False
