@@ -119,21 +119,26 @@ def plot_edge_weights(run, out_dir) -> list:
     return paths
 
 
+def _series_panel(ax, run, keys, ylabel: str) -> None:
+    """One panel of per-epoch curves: each recorded (metric key, legend name) of ``keys`` against the epoch."""
+    for key, name in keys:
+        xs, ys = run.series(key)
+        if xs:
+            ax.plot(xs, ys, label=name, **_marker(len(xs)))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot_curves(run, out_dir) -> Path:
     """curves.png: accuracy, loss, learning rate and wall time per epoch."""
     fig = Figure(figsize=(12, 7.5))
     (ax_acc, ax_loss), (ax_lr, ax_time) = fig.subplots(2, 2)
     for ax, metric, label in ((ax_acc, "acc", "accuracy (%)"), (ax_loss, "loss", "cross-entropy loss")):
-        for key, name in ((f"train_{metric}", "train (running, weight half)"),
-                          (f"arch_batch_{metric}", "architecture batches (running)"),
-                          (f"valid_{metric}", "validation (eval mode, architecture half)")):
-            xs, ys = run.series(key)
-            if xs:
-                ax.plot(xs, ys, label=name, **_marker(len(xs)))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _series_panel(ax, run, ((f"train_{metric}", "train (running, weight half)"),
+                                (f"arch_batch_{metric}", "architecture batches (running)"),
+                                (f"valid_{metric}", "validation (eval mode, architecture half)")), label)
     xs, ys = run.series("lr")
     ax_lr.plot(xs, ys, color="black", **_marker(len(xs)))
     ax_lr.set_xlabel("epoch")
@@ -276,18 +281,10 @@ def plot_train_curves(run, out_dir) -> Path:
     learning-rate and drop-path schedules, and wall time per epoch."""
     fig = Figure(figsize=(12, 7.5))
     (ax_acc, ax_loss), (ax_lr, ax_time) = fig.subplots(2, 2)
-    for ax, keys, label in ((ax_acc, (("train_acc", "train (running, augmented)"), ("valid_acc", "validation split"),
-                                      ("test_acc", "test top-1"), ("test_top5", "test top-5")), "accuracy (%)"),
-                            (ax_loss, (("train_loss", "train (running)"), ("valid_loss", "validation split"),
-                                       ("test_loss", "test")), "cross-entropy loss")):
-        for key, name in keys:
-            xs, ys = run.series(key)
-            if xs:
-                ax.plot(xs, ys, label=name, **_marker(len(xs)))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _series_panel(ax_acc, run, (("train_acc", "train (running, augmented)"), ("valid_acc", "validation split"),
+                                ("test_acc", "test top-1"), ("test_top5", "test top-5")), "accuracy (%)")
+    _series_panel(ax_loss, run, (("train_loss", "train (running)"), ("valid_loss", "validation split"),
+                                 ("test_loss", "test")), "cross-entropy loss")
     selected = (run.summary or {}).get("selected") or {}
     if selected.get("by") == "valid_acc":
         ax_acc.axvline(selected["epoch"], color="gray", linestyle="--", linewidth=1,
