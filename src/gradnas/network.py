@@ -37,7 +37,7 @@ from typing import NamedTuple
 import torch
 
 from gradnas.errors import GradnasError
-from gradnas.run import CHECKPOINT_FILE, CONFIG_FILE, GENOTYPE_FILE, NETWORK_FILE
+from gradnas.run import CHECKPOINT_FILE, CONFIG_FILE, GENOTYPE_FILE, NETWORK_FILE, config_kind
 
 # The image shape (channels, (height, width)) and class count of the builtin datasets, known without loading
 # them; any other dataset (imagefolder, registered ones) needs in_channels= and classes=.
@@ -183,7 +183,7 @@ def _search_run(folder: Path, pick: str) -> tuple:
     from gradnas.config import SearchConfig, load_yaml
     from gradnas.train.genotypes import genotype_from_source
     saved = load_yaml(str(folder / CONFIG_FILE))
-    if "method" not in saved and "space" not in saved:
+    if (config_kind(saved) or (None, None))[1] != "search":
         raise GradnasError(f"{folder} holds a training config but no {NETWORK_FILE}; it is not a complete "
                            f"training run folder. Give a training run written by `gradnas train`")
     genotype, _ = genotype_from_source(str(folder), pick=pick)

@@ -104,8 +104,7 @@ def run_report(args) -> int:
 def run_sizes(args) -> int:
     from gradnas.report.plots import plot_sizes
     from gradnas.report.report import PLOTS_DIR
-    from gradnas.report.run import load_run
-    from gradnas.report.run import SEARCH
+    from gradnas.report.run import SEARCH, load_run
     from gradnas.report.sizes import format_table, size_records, sizes_table, stop_record
     run = load_run(args.run_dir, kinds=(SEARCH,), command="`gradnas sizes` (the model sizes a search went through)")
     epochs, entries, recorded = size_records(run)

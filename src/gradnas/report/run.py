@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gradnas.config import read_yaml_file
 from gradnas.errors import GradnasError
-from gradnas.run import CONFIG_FILE, GENOTYPE_FILE, METRICS_FILE, NETWORK_FILE, SUMMARY_FILE
+from gradnas.run import CONFIG_FILE, GENOTYPE_FILE, METRICS_FILE, NETWORK_FILE, SUMMARY_FILE, config_kind
 
 SIZES_INDEX = "sizes/index.json"  # written by the model-size based search, when it ran
 SEARCH, TRAINING = "search", "training"
@@ -25,14 +25,9 @@ KIND_WORDS = {SEARCH: "a search run folder", TRAINING: "a training run folder"}
 
 
 def run_kind(config: dict) -> str | None:
-    """SEARCH, TRAINING, or None for a config that is neither's."""
-    if not isinstance(config, dict):
-        return None
-    if "method" in config:
-        return SEARCH
-    if "network" in config and "optim" in config:
-        return TRAINING
-    return None
+    """SEARCH, TRAINING, or None for a config that is neither's (gradnas.run.config_kind decides)."""
+    kind = config_kind(config)
+    return None if kind is None else {"search": SEARCH, "train": TRAINING}[kind[1]]
 
 
 @dataclass
