@@ -76,6 +76,7 @@ def test_best_epoch_is_chosen_on_validation_and_resume_is_exact(tmp_path):
     assert sel["test_acc"] == best["test_acc"] and sel["weights"] == "best.pt"
     assert json.loads((full / "summary.json").read_text())["selected"] == sel
     weights = load_checkpoint(full / "best.pt")
+    assert not (full / "best.prev.pt").exists()  # only the run's checkpoint keeps its previous one
     assert weights["epoch"] == best["epoch"] and weights["valid_acc"] == top
     # Interrupted after one epoch, resumed: the same split, metrics, choice and kept weights.
     part = tmp_path / "part"

@@ -41,10 +41,10 @@ def previous_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync, keep the current checkpoint as the previous one,
-    then rename the new one over it: a crash at any moment leaves a whole checkpoint at ``path`` (the
-    previous one or the new one, each with its own checksum), never a torn file."""
+def save_checkpoint(state: dict, path: str | os.PathLike, *, keep_previous: bool = True) -> None:
+    """Write to a temporary file in the same folder, fsync, (``keep_previous``: keep the current checkpoint as the
+    previous one, :func:`previous_path`,) then rename the new one over it: a crash at any moment leaves a whole
+    checkpoint at ``path`` (the previous one or the new one, each with its own checksum), never a torn file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -56,7 +56,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        if path.exists():
+        if keep_previous and path.exists():
             _keep_previous(path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)

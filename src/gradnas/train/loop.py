@@ -96,7 +96,8 @@ class BestEpoch(Callback):
                      **{k: record[k] for k in ("test_acc", "test_top5") if k in record}}
         if run.is_main:
             save_checkpoint({"epoch": record["epoch"], "valid_acc": acc, "genotype": run.genotype.to_string(),
-                             "model": run.model.state_dict()}, run.folder.file(BEST_WEIGHTS_FILE))
+                             "model": run.model.state_dict()}, run.folder.file(BEST_WEIGHTS_FILE),
+                            keep_previous=False)  # an earlier best is no fallback: no best.prev.pt
 
     def on_end(self, run, summary):
         if self.best is not None:
