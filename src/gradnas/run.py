@@ -64,6 +64,17 @@ def write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def read_damaged_json(path: str | os.PathLike, *, fix: str):
+    """The JSON in ``path`` (a file a resume depends on), or one error naming the file, what is wrong with it (not
+    UTF-8 text, not valid JSON, nested past Python's stack) and ``fix``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        why = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "it is not valid JSON"
+        raise GradnasError(f"{path} is damaged ({why}); {fix}") from None
+
+
 class RunFolder:
     """A run folder: where each file is, and every write to it (atomic where a crash could tear a file)."""
 

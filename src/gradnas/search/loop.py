@@ -14,7 +14,6 @@ checkpoint.pt, genotype.json, summary.json (when finished), sizes/ (index.json, 
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from gradnas.data.sources import ImageDataset, dataset_key
 from gradnas.distributed import resolve_device
 from gradnas.errors import GradnasError
 from gradnas.relax import RELAXATIONS, make_relaxation
-from gradnas.run import SPLIT_FILE, Harness, set_threads
+from gradnas.run import SPLIT_FILE, Harness, read_damaged_json, set_threads
 from gradnas.search.algorithm import METHODS, SearchAlgorithm, method_class
 from gradnas.search.gradient import GradientSearch, build_optimizers  # noqa: F401  (public here too)
 from gradnas.search.methods import ArchOptimizer
@@ -130,11 +129,7 @@ def read_split(path, n_images: int) -> SearchSplit:
     """A resumed search's split.json, or one error naming the file and the fix: the file decides which images
     train the weights and which the architecture, so a search cannot continue exactly without it."""
     fix = "restore it from a copy, or start the search again with a new --out"
-    try:
-        record = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        why = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "it is not valid JSON"
-        raise GradnasError(f"{path} is damaged ({why}); {fix}") from None
+    record = read_damaged_json(path, fix=fix)
     try:
         split = SearchSplit.from_dict(record)
     except GradnasError as exc:

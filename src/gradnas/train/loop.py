@@ -40,7 +40,8 @@ from gradnas.callbacks import Callback, check_callback_names
 from gradnas.checkpoint import save_checkpoint
 from gradnas.data.sources import dataset_key
 from gradnas.errors import GradnasError
-from gradnas.run import GENOTYPE_FILE, NETWORK_FILE, SPLIT_FILE, CheckpointMismatch, Harness, set_threads
+from gradnas.run import (GENOTYPE_FILE, NETWORK_FILE, SPLIT_FILE, CheckpointMismatch, Harness, read_damaged_json,
+                         set_threads)
 from gradnas.space import build_network
 from gradnas.space.darts_network import count_params_m
 from gradnas.space.genotype import Genotype, load_genotype, save_genotype
@@ -145,12 +146,8 @@ class Training(Harness):
             if not split_file.is_file():
                 raise GradnasError(f"{self.out} has no {SPLIT_FILE}, the validation split this run was trained with; "
                                    "it cannot be resumed exactly, start a new --out")
-            try:
-                split = self.folder.read_json(SPLIT_FILE)
-            except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested past Python's stack
-                raise GradnasError(f"{split_file} is damaged ({type(exc).__name__}); it holds the validation split "
-                                   "this run was trained with, so the run cannot be resumed exactly: start a new "
-                                   "--out") from None
+            split = read_damaged_json(split_file, fix="it holds the validation split this run was trained with, "
+                                                      "so the run cannot be resumed exactly: start a new --out")
         self.trainer = Trainer(cfg, genotype, device=device, world=self.world, split=split,
                                split_source=str(split_file))  # the data, before the folder
         with self.starting():  # a failed start removes what it wrote
