@@ -453,11 +453,41 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     """
     key = dataset_key(name)
     loader = _DATASETS[key]
+    memo = _memo_key(key, data_dir, cache_dir)
+    if memo is not None and memo in _LOADED:
+        return _LOADED[memo]
     try:
-        return loader(data_dir, cache_dir=cache_dir)
+        data = loader(data_dir, cache_dir=cache_dir)
     except GradnasError as exc:
         # Name the dataset in every message (the helpers deep down only know files and folders).
         msg = str(exc)
         if msg.startswith(f"{key}:"):
             raise
         raise GradnasError(f"{key}: {msg}") from None
+    if memo is not None:
+        _LOADED.clear()  # one dataset kept: what a script of many searches on the same data reuses
+        _LOADED[memo] = data
+    return data
+
+
+# A built-in dataset decoded in this process, by (name, where, the sizes and times of its files and of the
+# decoded-tree cache's), so that searches and trainings of one process (a notebook, `gradnas reproduce
+# --in-process`, the tests) decode it once.
+# Whoever gets it only reads its tensors (every loader and search indexes copies out of them).
+_LOADED: dict = {}
+
+
+def _memo_key(key: str, data_dir, cache_dir):
+    if key not in BUILTIN_DATASETS or data_dir is None:
+        return None
+    from gradnas.data.cache import default_cache_dir
+    path = Path(data_dir)
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    try:
+        entries = [path] + (sorted(path.iterdir()) if path.is_dir() else [])
+        if cache_root.is_dir():  # a decoded tree rewritten or damaged there is read again
+            entries += sorted(cache_root.iterdir())
+        stats = tuple((str(e), e.stat().st_mtime_ns, e.stat().st_size) for e in entries)
+    except OSError:
+        return None  # let the loader say what is wrong with the path
+    return key, str(path.resolve()), stats
