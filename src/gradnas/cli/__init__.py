@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from gradnas.cli import bench, doctor, export, genotype, plugins, report, search, train
+from gradnas.cli import bench, doctor, export, genotype, plugins, report, reproduce, search, train
 from gradnas.cli.common import Command, guarded
 from gradnas.cli.genotype import DARTS_V2
 from gradnas.cli.search import resolve_search_config
@@ -29,6 +29,7 @@ COMMANDS = {
     "sizes": Command(report.add_sizes_parser, report.run_sizes),
     "compare": Command(report.add_compare_parser, report.run_compare),
     "sweep": Command(search.add_sweep_parser, search.run_sweep),
+    "reproduce": Command(reproduce.add_parser, reproduce.run),
     "doctor": Command(doctor.add_parser, doctor.run),
 }
 
