@@ -54,6 +54,12 @@ def _add_config_flags(p, *, grid: bool):
                    help="method schedule: run --method for the first E epochs, then --then (weights, alphas and "
                         "optimizer state carry over; MiLeNAS Fig. 2b: --method darts --switch-at 35 --then milenas)")
     p.add_argument("--then", metavar="METHOD", help="the method after --switch-at epochs")
+    p.add_argument("--then-order", type=whole_number, metavar="ORDER",
+                   help="the order of the --then method (default: --order); MiLeNAS Fig. 2b: --method darts "
+                        "--order 2 --switch-at 35 --then milenas --then-order 1")
+    p.add_argument("--arch-optim", choices=("adam", "sgd"),
+                   help="optimizer of alpha: adam (default; betas from arch_optim.betas) or sgd (the single-level "
+                        "paper's Tables 1-2; arch_optim.momentum, arch_optim.nesterov)")
     p.add_argument("--lr-decay-on-collapse", dest="lr_decay", action="store_const", const=True,
                    help="single-level paper 4.1.4: after an epoch whose cell has more than collapse.threshold "
                         "parameter-free ops, multiply the weight lr by collapse.lr_factor (0.5), at most "

@@ -85,6 +85,7 @@ class PVLLSearch(SearchAlgorithm):
                   "(--set pvll.steps=N)",
         "switch_at": "a method schedule switches per-batch methods at an epoch; pvll runs its own steps",
         "then": "a method schedule switches per-batch methods at an epoch; pvll runs its own steps",
+        "then_order": "a method schedule switches per-batch methods at an epoch; pvll runs its own steps",
         "gumbel": "pvll's Gumbel temperature is constant, pvll.tau (paper: 0.1); the gumbel section's schedule "
                   "does not apply",
         "arch_optim": "pvll's A is optimized by Adam with pvll.arch_lr",
@@ -107,6 +108,9 @@ class PVLLSearch(SearchAlgorithm):
         if cfg.relax not in ("softmax", "gumbel"):
             raise GradnasError(f"method pvll: pvll samples by Gumbel-max from softmax(A) (relax softmax or gumbel), "
                                f"not relax {cfg.relax!r}")
+        if cfg.data.split_fraction == 1:
+            raise GradnasError("method pvll: pvll measures every cell's loss on the architecture half, and "
+                               "data.split_fraction 1 leaves none; use a split_fraction below 1")
         if not cfg.pvll.warmup and cfg.order == 1:
             raise GradnasError("method pvll: pvll.warmup false with order 1 would measure every loss on an untrained "
                                "supernet (order 1 trains it only in the warm-up); use order 2")
