@@ -247,8 +247,16 @@ class PVLLConfig:
     sampling (Table 5 has it "N/A" there: p_t compares consecutive samples of the sampler); ``p_min`` is
     the floor on |p_t| (see :func:`pair_weights`). The estimator: an LSTM with ``hidden`` units, Adam with
     ``estimator_lr``, ``estimator_updates`` full-memory steps after each measurement and ``warmup_updates``
-    on the warm-up population (Algorithm 1 line 11). A: Adam with ``arch_lr`` (paper: 0.1), Gumbel
-    temperature ``tau`` (paper: 0.1, constant).
+    on the warm-up population (Algorithm 1 line 11); section 5.1: "the architecture weights and validation
+    loss estimator are both optimized by Adam with a constant learning rate of 0.1". A: Adam with ``arch_lr``
+    (paper: 0.1), Gumbel temperature ``tau`` (paper: 0.1, constant).
+    ``op_scale``: ``soft`` (eq. 4, the paper's) runs the sampled op of each edge scaled by its soft weight
+    h~_k; ``one`` at weight 1 (see :meth:`gradnas.search.pvll.PVLL.op_weights`). ``rescore``: false (the
+    paper's) freezes each memory entry's eq. 8 weight when it enters (warm-up entries 1); true re-scores every
+    pair with the current psi before each update (:func:`gradnas.search.pvll.pair_weights`).
+    ``test_cells``: N > 0 held-out cells, drawn uniformly (seeded, none of them in the warm-up population),
+    measured like the memory's entries after every round that updates psi, without training them; the round
+    records psi's loss and Kendall tau on them (``test_loss``, ``test_kendall_tau``; Table 3, Fig. 3a).
     """
 
     steps: int = 100
@@ -258,7 +266,7 @@ class PVLLConfig:
     tau: float = 0.1
     arch_lr: float = 0.1
     hidden: int = 64
-    estimator_lr: float = 0.01
+    estimator_lr: float = 0.1
     estimator_updates: int = 10
     warmup_updates: int = 500
     train_batches: int | None = None
@@ -266,9 +274,18 @@ class PVLLConfig:
     uniform_sampling: bool = False
     weighted_loss: bool | None = None
     p_min: float = 0.05
+    op_scale: str = "soft"
+    rescore: bool = False
+    test_cells: int = 0
 
     def __post_init__(self):
         checks = [
+            (self.op_scale in ("soft", "one"),
+             f"pvll.op_scale must be soft (eq. 4: the sampled op times its soft weight) or one, got {self.op_scale!r}"),
+            (self.test_cells >= 0, f"pvll.test_cells must be >= 0 (0: off), got {self.test_cells}"),
+            (not self.rescore or (self.weighted_loss is not False and not self.uniform_sampling),
+             "pvll.rescore re-scores the weights of eq. 8, which weighted_loss false and uniform_sampling turn off; "
+             "drop one of them"),
             (self.steps >= 1, f"pvll.steps must be >= 1, got {self.steps}"),
             (self.population >= 2, f"pvll.population must be >= 2, got {self.population}"),
             (self.memory >= 2, f"pvll.memory must be >= 2, got {self.memory}"),
