@@ -163,12 +163,19 @@ class ProbeConfig:
 
     gap: bool = False                      # train/validation loss and accuracy gap
     grad_corr: bool = False                # gradient correlation per node (single-level paper eq. 13)
+    grad_corr_form: str = "exact"          # exact: eq. 13's per-sample products; proxy: batch-summed node gradients
     grad_corr_cells: tuple | None = None   # cell indices (negative count from the end); None: first, middle, last
     dl_dp_edges: tuple = ()                # "CELL:TARGET<-SOURCE"; CELL an index, last, or a kind; SOURCE may be *
     batches: int = 2                       # (weight, architecture) batch pairs per epoch for grad_corr and dl_dp
 
     def __post_init__(self):
         object.__setattr__(self, "dl_dp_edges", tuple(self.dl_dp_edges))
+        if self.grad_corr_form not in ("exact", "proxy"):
+            raise GradnasError(f"probes.grad_corr_form must be exact (eq. 13) or proxy (batch-summed node "
+                               f"gradients), got {self.grad_corr_form!r}")
+        if self.grad_corr_form != "exact" and not self.grad_corr:
+            raise GradnasError("probes.grad_corr_form chooses the form of probes.grad_corr, which is off; turn it "
+                               "on (--probe-grad-corr) or drop grad_corr_form")
         if self.grad_corr_cells is not None:
             object.__setattr__(self, "grad_corr_cells", tuple(self.grad_corr_cells))
             if not self.grad_corr_cells or not all(isinstance(c, int) and not isinstance(c, bool)
