@@ -107,13 +107,15 @@ def _add_config_flags(p, *, grid: bool):
     g.add_argument("--probe-grad-corr", action="store_true", default=None,
                    help="per node, the correlation of the loss gradients w.r.t. its output on the batch that "
                         "updates w and the one that updates alpha (single-level paper eq. 13, Fig. 2), in the "
-                        "first, middle and last cells. Cost per epoch: for each probe batch pair one forward and "
-                        "one input-gradient backward per batch, about one search step per pair")
+                        "first, middle and last cells; eq. 13 as written (per-sample gradient products). Cost per "
+                        "epoch: for each probe batch pair one forward per batch and one backward per sample "
+                        "(batched); probes.grad_corr_form=proxy: the batch-summed cosine, one backward per batch, "
+                        "about one search step per pair")
     g.add_argument("--probe-dl-dp", action="append", metavar="CELL:T<-S",
                    help="dL/dp for every op on an edge (single-level paper Fig. 3): CELL is a searched cell's "
                         "index, last, or a cell kind for the weight all such cells share (darts: normal, reduce; "
-                        "nb201: cell); S may be *, e.g. 'last:3<-*'. Repeatable. Cost: shares the --probe-grad-corr "
-                        "passes (the same cost if used alone)")
+                        "nb201: cell); S may be *, e.g. 'last:3<-*'. Repeatable. Cost: one forward and one backward "
+                        "per probe batch (shared with --probe-grad-corr's proxy form)")
     g.add_argument("--probe-batches", type=whole_number, metavar="N",
                    help="batch pairs per epoch for the gradient probes (default 2); their cost grows with N")
 
