@@ -149,7 +149,8 @@ def test_sgd_arch_optimizer_steps_by_hand_and_resumes_exactly(tmp_path):
         assert torch.allclose(a, x - 0.1 * ga - 0.1 * (0.9 * ga + gb))
     from gradnas.search.loop import Search
     from test_search import tiny_config
-    run = tiny_config(method="single-level", relax="sigmoid", epochs=2, threads=1, data={"subset": 32, "eval_batches": 1},
+    run = tiny_config(method="single-level", relax="sigmoid", epochs=2, threads=1,
+                      data={"subset": 32, "eval_batches": 1},
                       arch_optim={"type": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True})
     full = Search(run, tmp_path / "full", progress=False)
     full.run()

@@ -182,6 +182,11 @@ def test_cli_flags_set_the_switches():
     assert SearchConfig.from_dict(cfg.to_dict()) == cfg
     plain = resolve_search_config(build_parser().parse_args(["search"]))
     assert (plain.alpha_data, plain.switch_at, plain.collapse.lr_decay, plain.collapse.warn) == ("split", None, False, True)
+    assert (plain.then_order, plain.arch_optim.type, plain.collapse.cells) == (None, "adam", "normal")
+    args = build_parser().parse_args(["search", "--method", "darts", "--order", "2", "--switch-at", "35", "--then",
+                                      "milenas", "--then-order", "1", "--arch-optim", "sgd", "--epochs", "50"])
+    cfg = resolve_search_config(args)
+    assert (cfg.orders, cfg.arch_optim.type) == ((2, 1), "sgd")
 
 
 def _cifar_slice_resized(root, per_class=8, size=224):
@@ -281,5 +286,6 @@ def test_single_level_searches_the_full_training_set_and_validates_on_test(tmp_p
         with pytest.raises(GradnasError, match="leaves no architecture half, but method"):
             Search(tiny_config(data={"split_fraction": 1.0}, **d), tmp_path / "refused", progress=False)
     assert not (tmp_path / "refused").exists()
-    darts_same = tiny_config(method="darts", alpha_data="same-batch", epochs=1, data={"split_fraction": 1.0, "subset": 48})
+    darts_same = tiny_config(method="darts", alpha_data="same-batch", epochs=1,
+                             data={"split_fraction": 1.0, "subset": 48})
     assert len(Search(darts_same, tmp_path / "same", progress=False).algorithm.batches) == 3

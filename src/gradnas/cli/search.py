@@ -65,7 +65,8 @@ def _add_config_flags(p, *, grid: bool):
                         "parameter-free ops, multiply the weight lr by collapse.lr_factor (0.5), at most "
                         "collapse.max_decays (3) times")
     p.add_argument("--collapse-threshold", type=float, metavar="SHARE",
-                   help="share of parameter-free ops (none, pooling, skip) above which a search warns and, with "
+                   help="share of parameter-free ops (none, pooling, skip; DARTS: in the normal cell, collapse.cells) "
+                        "above which a search warns and, with "
                         "--lr-decay-on-collapse, lowers the lr (default 0.3; --set collapse.warn=false: no warning)")
     p.add_argument("--stop-at-size", type=_size_arg, metavar="N,R",
                    help="MiLeNAS 5.2: end the search at the first epoch whose genotype has N conv ops (sep_conv, "
