@@ -188,7 +188,9 @@ def run_search(args) -> int:
         say(f"stopped after {unit} {summary['stop']['epoch']} of {total}: {summary['stop']['reason']}")
     say(f"genotype: {summary['genotype']}")
     if "best_valid_acc" in summary:
-        say(f"best valid acc: {summary['best_valid_acc']:.2f}%")
+        on_test = " (on the test split: data.split_fraction 1 leaves no architecture half)" if (
+            summary.get("valid_on") == "test") else ""
+        say(f"best valid acc: {summary['best_valid_acc']:.2f}%{on_test}")
     else:  # pvll: the derived sub-network, measured in the supernet as every sample was
         say(f"derived sub-network in the supernet: valid loss {summary['valid_loss']:.4f}, "
             f"acc {summary['valid_acc']:.2f}%")
