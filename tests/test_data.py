@@ -507,9 +507,11 @@ def test_search_split_seeded_and_round_trip():
 
 
 def test_search_split_rejects_bad_arguments():
-    for kwargs in ({"fraction": 0.0}, {"fraction": 1.0}, {"subset": 0}, {"subset": 101}):
+    for kwargs in ({"fraction": 0.0}, {"fraction": 1.5}, {"subset": 0}, {"subset": 101}):
         with pytest.raises(GradnasError):
             make_search_split(100, **kwargs)
+    full = make_search_split(100, fraction=1.0, subset=40)  # the full training set: no architecture half
+    assert len(full.weight_idx) == 40 and len(full.arch_idx) == 0
     with pytest.raises(GradnasError, match="disjoint"):
         SearchSplit.from_dict({"seed": 0, "fraction": 0.5, "weight_idx": [1, 2], "arch_idx": [2, 3]})
     with pytest.raises(GradnasError, match="invalid search split"):

@@ -9,7 +9,16 @@ that is meant to change results, and say so here.
 
 Intended changes since the recording: none in the results. (The recording ran the pre-redesign entry points,
 ``open_search`` and ``PVLLSearch.pvll``; the same cases now run through the one ``Search`` harness, PVLL's state
-being ``search.algorithm.pvll``.)
+being ``search.algorithm.pvll``.) Re-recorded for issue 16 (faithful to the papers), and only these:
+
+* every DARTS-space search case (darts-*, alpha-same-*, collapse-lr-decay, schedule, stop-*, probes-darts): the
+  collapse share counts the normal cell only (``collapse.cells: normal``), so ``non_learnable_share`` and, where
+  it crosses the threshold differently, ``collapse_warning`` of the metrics lines change; weights, alphas,
+  genotypes and summaries are unchanged (collapse-lr-decay's lr decays fire on the same epochs);
+* probes-darts, probes-nb201: ``grad_corr`` is eq. 13's exact form by default (``probes.grad_corr_form``), and
+  the lines carry ``grad_corr_form``;
+* pvll-*: the paper's estimator lr 0.1 (was 0.01), eq. 4's soft-weight scaling of the sampled op (``pvll.op_scale:
+  soft``) and eq. 8's weights frozen at entry (``pvll.rescore: false``) change the rounds' results.
 """
 import hashlib
 import json

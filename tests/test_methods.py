@@ -121,3 +121,47 @@ def test_unknown_method_and_order():
     with pytest.raises(GradnasError, match="set order: 2"):  # an option that would do nothing
         make_method("darts", model, w_optim=w_opt, a_optim=a_opt, order=1, xi=0.1)
     assert set(METHODS) == {"darts", "milenas", "single-level", "pvll"}  # one registry, pvll included
+
+
+def test_sgd_arch_optimizer_steps_by_hand_and_resumes_exactly(tmp_path):
+    """arch_optim.type sgd (the single-level paper's Tables 1-2): alpha <- alpha - lr (g + momentum buffer),
+    the buffer b_t = mu b_{t-1} + g_t (torch's SGD, dampening 0); a search with it resumes exactly."""
+    torch.set_num_threads(1)  # tiny tensors on a shared CPU
+    model = tiny_supernet("sigmoid", dtype=torch.float64)
+    cfg = SearchConfig.from_dict({"w_optim": {"lr": 1e-12, "lr_min": 0.0, "weight_decay": 0.0, "momentum": 0.0},
+                                  "arch_optim": {"type": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0},
+                                  "relax": "sigmoid"})
+    w_opt, a_opt, _ = build_optimizers(cfg, model)
+    assert isinstance(a_opt, torch.optim.SGD)
+    for group in w_opt.param_groups:
+        group["lr"] = 0.0
+    method = make_method("single-level", model, w_optim=w_opt, a_optim=a_opt, grad_clip=0.0)
+    b1, b2 = batch(seed=1, dtype=torch.float64), batch(seed=2, dtype=torch.float64)
+    alphas = model.arch_parameters()
+    a0 = [a.detach().clone() for a in alphas]
+    g1 = _grads(model, b1, alphas)
+    method.step(b1)
+    for a, x, g in zip(alphas, a0, g1):
+        assert torch.allclose(a, x - 0.1 * g)
+    g2 = _grads(model, b2, alphas)
+    method.step(b2)
+    for a, x, ga, gb in zip(alphas, a0, g1, g2):
+        assert torch.allclose(a, x - 0.1 * ga - 0.1 * (0.9 * ga + gb))
+    from gradnas.search.loop import Search
+    from test_search import tiny_config
+    run = tiny_config(method="single-level", relax="sigmoid", epochs=2, threads=1,
+                      data={"subset": 32, "eval_batches": 1},
+                      arch_optim={"type": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True})
+    full = Search(run, tmp_path / "full", progress=False)
+    full.run()
+    Search(run, tmp_path / "resumed", progress=False).run(stop_after=1)
+    resumed = Search(run, tmp_path / "resumed", resume=True, progress=False)
+    resumed.run()
+    for a, b in zip(full.model.arch_parameters(), resumed.model.arch_parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(full.model.arch_parameters()[0], Search(run, tmp_path / "new", progress=False)
+                           .model.arch_parameters()[0])  # alpha moved
+    with pytest.raises(GradnasError, match="arch_optim.betas is read by arch_optim.type adam"):
+        SearchConfig.from_dict({"arch_optim": {"type": "sgd", "betas": [0.9, 0.999]}})
+    with pytest.raises(GradnasError, match="arch_optim.momentum is read by arch_optim.type sgd"):
+        SearchConfig.from_dict({"arch_optim": {"momentum": 0.9}})

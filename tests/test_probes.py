@@ -65,7 +65,8 @@ def test_grad_corr_is_one_for_identical_batches_and_matches_a_direct_computation
         for value in cell.values():
             assert value == pytest.approx(1.0, abs=1e-9)
 
-    diff = make_probes(model, "darts", [(b1, b2)], grad_corr=True, grad_corr_cells=(0, -1), batches=1)
+    diff = make_probes(model, "darts", [(b1, b2)], grad_corr=True, grad_corr_cells=(0, -1), batches=1,
+                       grad_corr_form="proxy")
     corr = diff.after_epoch(0, {})["grad_corr"]
     g1, g2 = node_gradients(model, b1), node_gradients(model, b2)
     for cell in ("0", "2"):
@@ -84,10 +85,53 @@ def test_grad_corr_follows_the_methods_alpha_objective():
     assert all(v == pytest.approx(1.0, abs=1e-9) for c in single["grad_corr"].values() for v in c.values())
     # MiLeNAS: the alpha gradient is grad L_tr + lambda grad L_val (eq. 6)
     mil = make_probes(model, "milenas", [(b1, b2)], grad_corr=True, grad_corr_cells=(0,), batches=1,
-                      lam=0.5).after_epoch(0, {})
+                      lam=0.5, grad_corr_form="proxy").after_epoch(0, {})
     g1, g2 = node_gradients(model, b1)[(0, 2)], node_gradients(model, b2)[(0, 2)]
     ga = g1 + 0.5 * g2
     assert mil["grad_corr"]["0"]["2"] == pytest.approx(float(g1.dot(ga) / (g1.norm() * ga.norm())), abs=1e-6)
+
+
+def eq13_direct(model, cell, node, sources, wb, ab, c_w, c_a):
+    """Eq. 13 by hand: per-sample gradients from one backward per sample (retain_grad at the node), the edges'
+    inputs as reported, the double sum over (j, k) in Python loops, the alpha batch c_w (weight) + c_a (arch)."""
+    def per_sample(xy):
+        out = []
+        for j in range(len(xy[1])):
+            seen = {}
+            c = SearchedCells(model).cells[cell]
+            c.on_node = lambda t, x: seen.setdefault(t, x)
+            losses = F.cross_entropy(model(xy[0]), xy[1], reduction="none")
+            c.on_node = None
+            seen[node].retain_grad()
+            losses[j].backward()
+            out.append((seen[node].grad[j].flatten().double(),
+                        [seen[s][j].detach().flatten().double() for s in sources]))
+        model.zero_grad()
+        return out
+
+    def S(u, v):
+        return sum(float(gu.dot(gv)) * sum(float(xu.dot(xv)) for xu, xv in zip(us, vs))
+                   for gu, us in u for gv, vs in v)
+    w, a = per_sample(wb), per_sample(ab)
+    num = c_w * S(w, w) + c_a * S(a, w)
+    den = (S(w, w) * (c_w ** 2 * S(w, w) + 2 * c_w * c_a * S(a, w) + c_a ** 2 * S(a, a))) ** 0.5
+    return num / den
+
+
+@pytest.mark.parametrize("method,lam,c", [("darts", 1.0, (0.0, 1.0)), ("milenas", 0.5, (1.0, 0.5))])
+def test_grad_corr_exact_is_eq13_computed_sample_by_sample(method, lam, c):
+    torch.manual_seed(0)
+    model = tiny_supernet(cells=3, nodes=2, dtype=torch.float64)
+    b1, b2 = batch(n=3, seed=1, dtype=torch.float64), batch(n=3, seed=2, dtype=torch.float64)
+    probes = make_probes(model, method, [(b1, b2)], grad_corr=True, grad_corr_cells=(1,), batches=1, lam=lam)
+    out = probes.after_epoch(0, {})
+    assert out["grad_corr_form"] == "exact" and set(out["grad_corr"]["1"]) == {"2", "3"}
+    proxy = make_probes(model, method, [(b1, b2)], grad_corr=True, grad_corr_cells=(1,), batches=1, lam=lam,
+                        grad_corr_form="proxy").after_epoch(0, {})
+    for node, sources in ((2, [0, 1]), (3, [0, 1, 2])):  # cell 1 is a reduction cell: strided edges from 0, 1
+        expected = eq13_direct(model, 1, node, sources, b1, b2, *c)
+        assert out["grad_corr"]["1"][str(node)] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert abs(out["grad_corr"]["1"][str(node)] - proxy["grad_corr"]["1"][str(node)]) > 1e-4
 
 
 @pytest.mark.parametrize("name,order,expected", [
@@ -175,8 +219,8 @@ def test_probes_do_not_change_the_search(tmp_path):
     for la, lb in zip(lines_a, lines_b):
         for key in ("epoch_time",):
             la.pop(key), lb.pop(key)
-        extra = {k: lb.pop(k) for k in ("gap", "grad_corr", "dl_dp", "probe_time")}
-        assert la == lb
+        extra = {k: lb.pop(k) for k in ("gap", "grad_corr", "dl_dp", "probe_time", "grad_corr_form")}
+        assert la == lb and extra["grad_corr_form"] == "exact"
         gap = extra["gap"]
         assert gap["valid_acc"] == la["valid_acc"] and gap["acc_gap"] == pytest.approx(
             gap["train_acc"] - gap["valid_acc"])

@@ -79,7 +79,7 @@ def test_pair_weights_and_weighted_mse_by_hand_including_the_zero_guard():
 
 def test_estimator_objective_weights_carry_no_gradient():
     """Eq. 8's gradient treats 1/p_t as constants: the same as weighted_mse with the weights computed aside."""
-    p = PVLL(6, 5, PVLLConfig(hidden=8), seed=0)
+    p = PVLL(6, 5, PVLLConfig(hidden=8, rescore=True), seed=0)
     g = torch.Generator().manual_seed(0)
     for h in PVLL.random_architectures(5, 6, 5, g):
         p.observe(h, float(h.argmax(-1).sum()))
@@ -99,6 +99,73 @@ def test_estimator_objective_weights_carry_no_gradient():
                           weighted_mse(p.estimator(hs), normalise(losses)).detach())
 
 
+def test_frozen_weights_of_eq8_are_set_at_entry_and_warmup_entries_weigh_one():
+    """pvll.rescore false (the paper's): 1/p_t with psi as it was when the entry came in, never re-scored."""
+    p = PVLL(6, 5, PVLLConfig(hidden=8, p_min=1e-6), seed=0)
+    g = torch.Generator().manual_seed(0)
+    hs = PVLL.random_architectures(6, 6, 5, g)
+    for h in hs[:3]:
+        p.observe(h, float(h.argmax(-1).sum()), warmup=True)
+    p.update_estimator(3)
+    expected = [1.0, 1.0, 1.0]
+    for h in hs[3:]:
+        with torch.no_grad():  # psi at entry time, on this sample and the one before it
+            pred, prev = p.estimator(torch.stack([h, p.last_h])).tolist()
+        expected.append(1.0 / abs(pred - prev))
+        p.observe(h, float(h.argmax(-1).sum()))
+        p.update_estimator(2)  # psi moves after every entry
+    assert p.memory.weights().tolist() == pytest.approx(expected, rel=1e-6)
+    assert all(w > 1 for w in expected[3:])
+    # eq. 8 with exactly those weights, whatever psi is now
+    hs_m, losses, _, _ = p.memory.tensors()
+    ref = weighted_mse(p.estimator(hs_m), normalise(losses), torch.tensor(expected))
+    assert p.estimator_objective().item() == pytest.approx(ref.item(), rel=1e-6)
+    # the weights ride in the checkpoint
+    other = PerformanceMemory(99)
+    other.load_state_dict(p.memory.state_dict())
+    assert torch.equal(other.weights(), p.memory.weights())
+    # today's re-scoring is an option: a different objective on the same memory and psi
+    rescored = PVLL(6, 5, PVLLConfig(hidden=8, p_min=1e-6, rescore=True), seed=0)
+    rescored.estimator.load_state_dict(p.estimator.state_dict())
+    rescored.memory = p.memory
+    assert rescored.estimator_objective().item() != pytest.approx(ref.item(), rel=1e-3)
+
+
+def test_eq4_runs_the_sampled_op_times_its_soft_weight():
+    """op_scale soft: node 1 of an NB-201 cell (one input edge) is h~_k * op_k(x); op_scale one: op_k(x)."""
+    from gradnas.search.pvll_search import OneHotRelaxation
+    from gradnas.space import build_supernet
+    from gradnas.space.nb201 import NB201SpaceConfig
+    torch.manual_seed(0)
+    p = PVLL(6, 5, PVLLConfig(hidden=4, tau=0.5), seed=0)
+    with torch.no_grad():
+        p.A.copy_(torch.randn(6, 5, dtype=torch.float64))
+    h, noise = p.draw(torch.Generator().manual_seed(3))
+    soft = torch.softmax((p.A.detach() + noise) / 0.5, -1)
+    weights = p.op_weights(h, noise)
+    assert torch.allclose(weights.double(), h.double() * soft) and bool((weights.sum(-1) < 1).all())
+    assert p.op_weights(h, None) is h  # a warm-up / held-out cell: weight 1
+    assert PVLL(6, 5, PVLLConfig(hidden=4, op_scale="one"), seed=0).op_weights(h, noise) is h
+    model = build_supernet("nb201", NB201SpaceConfig(cells_per_stage=1, channels=4), OneHotRelaxation(),
+                           in_channels=1, num_classes=3, seed=0)
+    from gradnas.space.base import space_of_model
+    cell = space_of_model(model).searched_cells(model).cells[0]
+    seen = {}
+    cell.on_node = lambda i, t: seen.setdefault(i, t)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for w in (h, weights):
+        seen.clear()
+        with torch.no_grad():
+            model.alpha.copy_(w)
+            model(x)
+        outs.append(seen[1])
+    k = int(h[0].argmax())  # edge (1, 0) is alpha row 0
+    if NB201_OPS[k] != "none":
+        assert outs[0].abs().sum() > 0
+    assert torch.allclose(outs[1], float(soft[0, k]) * outs[0], atol=1e-6)
+
+
 def test_memory_is_a_bounded_queue_and_round_trips():
     m = PerformanceMemory(3)
     hs = PVLL.random_architectures(5, 2, 5, torch.Generator().manual_seed(0))
@@ -114,6 +181,17 @@ def test_memory_is_a_bounded_queue_and_round_trips():
 
 
 def test_kendall_tau():
+    # against a direct count in the other textbook form: sum of sign products over the n(n-1)/2 pairs, over
+    # sqrt((n0 - n1)(n0 - n2)) with n1, n2 the pairs tied in each sequence
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 5, 17):
+        a, b = torch.randint(0, 4, (n,), generator=g).tolist(), torch.randint(0, 4, (n,), generator=g).tolist()
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        sgn = lambda v: (v > 0) - (v < 0)  # noqa: E731
+        s = sum(sgn(a[i] - a[j]) * sgn(b[i] - b[j]) for i, j in pairs)
+        n1, n2 = sum(a[i] == a[j] for i, j in pairs), sum(b[i] == b[j] for i, j in pairs)
+        denom = ((len(pairs) - n1) * (len(pairs) - n2)) ** 0.5
+        assert kendall_tau(a, b) == (None if denom == 0 else pytest.approx(s / denom))
     assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert kendall_tau([1, 2, 3], [1, 1, 2]) == pytest.approx(2 / 6 ** 0.5)  # tau-b with a tie (scipy: 0.8165)
@@ -130,9 +208,10 @@ def landscape():
 
 
 def test_estimator_learns_the_nb201_landscape(landscape):
-    """After 100 sampled cells (the warm-up population's size) psi ranks 500 held-out cells with tau >= 0.5."""
+    """After 100 sampled cells (the warm-up population's size) psi ranks 500 held-out cells with tau >= 0.5.
+    At Adam lr 0.01: the paper's 0.1 (the default) reaches only tau 0.13 here after the 500 warm-up updates."""
     torch.manual_seed(0)
-    p = PVLL(6, 5, PVLLConfig(), seed=0)
+    p = PVLL(6, 5, PVLLConfig(estimator_lr=0.01), seed=0)
     g = torch.Generator().manual_seed(0)
     seen = set()
     for h in PVLL.random_architectures(100, 6, 5, g):
@@ -150,13 +229,15 @@ def test_estimator_learns_the_nb201_landscape(landscape):
 
 
 def _search(landscape, *, uniform: bool, seed: int):
-    """Algorithm 1 on the table: 50 warm-up cells, then 50 steps (100 measured cells in all)."""
+    """Algorithm 1 on the table: 50 warm-up cells, then 50 steps (100 measured cells in all). Estimator lr 0.01
+    and re-scored weights: with the paper's lr 0.1 and frozen weights (the defaults) the guided derived cell is
+    no better than the uniform one on this landscape (measured over these 4 seeds: 0.073 vs 0.070)."""
     cfg = PVLLConfig(population=50, steps=50, hidden=16, warmup_updates=150, estimator_updates=3,
-                     uniform_sampling=uniform)
+                     uniform_sampling=uniform, estimator_lr=0.01, rescore=not uniform)
     p = PVLL(6, 5, cfg, seed=seed)
     g = torch.Generator().manual_seed(1000 + seed)
     for h in PVLL.random_architectures(cfg.population, 6, 5, g):
-        p.observe(h, landscape[tuple(h.argmax(-1).tolist())])
+        p.observe(h, landscape[tuple(h.argmax(-1).tolist())], warmup=True)
     p.update_estimator(cfg.warmup_updates)
     sampled = []
     for _ in range(cfg.steps):
@@ -249,6 +330,47 @@ def test_search_runs_and_resumes_exactly(tmp_path, space, stops):
         assert list(lines[-1]["sampled"]) == ["normal", "reduce"] and "nb201" not in saved
     # the checkpoint holds A, psi and the memory
     assert SearchConfig.from_dict(yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())) == cfg
+
+
+def test_held_out_cells_are_scored_every_round_change_nothing_else_and_resume_exactly(tmp_path):
+    """pvll.test_cells (Table 3, Fig. 3a): psi's loss and tau on N fixed held-out cells after every psi update."""
+    kw = dict(population=2, steps=3)
+    cfg = _config("nb201", test_cells=4, **kw)
+    full = Search(cfg, tmp_path / "full", progress=False)
+    held = full.algorithm.test_h
+    population = {tuple(c.argmax(-1).tolist()) for c in full.algorithm.population}
+    keys = {tuple(c.argmax(-1).tolist()) for c in held}
+    assert held.shape == (4, 6, 5) and len(keys) == 4 and not keys & population
+    summary = full.run()
+    plain = Search(_config("nb201", **kw), tmp_path / "plain", progress=False)
+    plain.run()
+    _assert_same(full, plain)  # measuring the held-out cells changes neither the supernet nor A nor psi
+    lines, plain_lines = _lines(tmp_path / "full"), _lines(tmp_path / "plain")
+    scored = [line for line in lines if "estimator_loss" in line]
+    assert [line["epoch"] for line in scored] == [4, 5, 6, 7]  # psi's warm-up, then every search step
+    for line, other in zip(lines, plain_lines):
+        assert {k: v for k, v in line.items() if not k.startswith("test_")} == other
+    # the last round's figures, recomputed directly: the held-out cells measured now, tau by a direct count
+    algo = full.algorithm
+    losses = []
+    for h in held:
+        algo._set_architecture(h)
+        losses.append(algo._measure(0)[0])
+    with torch.no_grad():
+        pred = algo.pvll.estimator(held).double().tolist()
+    mem = [e[1] for e in algo.pvll.memory.entries]
+    target = [(x - min(mem)) / (max(mem) - min(mem)) for x in losses]
+    assert scored[-1]["test_loss"] == pytest.approx(sum((p - t) ** 2 for p, t in zip(pred, target)) / 4, rel=1e-6)
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    concordant = sum((pred[i] - pred[j]) * (losses[i] - losses[j]) > 0 for i, j in pairs)
+    assert scored[-1]["test_kendall_tau"] == pytest.approx((2 * concordant - len(pairs)) / len(pairs))
+    assert summary["test_loss"] == scored[-1]["test_loss"]
+    # stopped after psi's warm-up and resumed: the same held-out set, records and summary
+    Search(cfg, tmp_path / "resumed", progress=False).run(stop_after=5)
+    resumed = Search(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert torch.equal(resumed.algorithm.test_h, held)
+    assert resumed.run() == {**summary, "run_dir": str(tmp_path / "resumed")}
+    assert _lines(tmp_path / "resumed") == lines
 
 
 def test_first_order_measures_without_training_and_the_ablations(tmp_path):

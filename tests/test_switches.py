@@ -66,7 +66,26 @@ def test_same_split_needs_two_batches():
 
 
 def test_non_learnable_share():
-    assert non_learnable_share(ALL_SKIP) == 7 / 8
+    from gradnas.genotypes import get
+    assert non_learnable_share(ALL_SKIP, "normal") == 1.0 and non_learnable_share(ALL_SKIP) == 7 / 8
+    darts_v2 = get("DARTS_V2")
+    assert non_learnable_share(darts_v2, "normal") == 0.25 and non_learnable_share(darts_v2, "all") == 0.625
+    assert non_learnable_share(darts_v2) == 0.625  # the function's own default: every cell
+
+
+@pytest.mark.parametrize("cells,share,warns", [("normal", 0.25, False), ("all", 0.625, True)])
+def test_collapse_watch_counts_the_normal_cell_by_default(cells, share, warns, capsys):
+    """DARTS_V2 (a good cell: 2 skips in its normal cell, pools in its reduction cell) is no collapse."""
+    from types import SimpleNamespace
+    from gradnas.config import CollapseConfig
+    from gradnas.genotypes import get
+    cfg = CollapseConfig() if cells == "normal" else CollapseConfig(cells="all")
+    watch = CollapseWatch(cfg)
+    record = {}
+    watch.on_epoch_end(SimpleNamespace(job=SimpleNamespace(last_genotype=get("DARTS_V2")), is_main=True, done=1),
+                       record)
+    assert record["non_learnable_share"] == share and record.get("collapse_warning", False) == warns
+    assert ("warning" in capsys.readouterr().err) == warns
     nb = NB201Genotype.from_string("|skip_connect~0|+|nor_conv_3x3~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|"
                                    "nor_conv_3x3~2|")
     assert non_learnable_share(nb) == 3 / 6
@@ -106,7 +125,7 @@ def test_schedule_switches_at_its_epoch_keeps_state_and_resumes_exactly(tmp_path
     assert lines[0]["lr"] == 0.025 and lines[0]["lr_decay"] == {"count": 1, "scale": 0.5, "next_lr": pytest.approx(0.5 * cosine1)}
     assert lines[1]["lr"] == pytest.approx(0.5 * cosine1) and "lr_decay" not in lines[1]  # max_decays 1
     assert lines[0]["collapse_warning"] and "collapse_warning" not in lines[1]  # warns on crossing only
-    assert capsys.readouterr().err.count("gradnas: warning: after epoch 1, 88%") == 1
+    assert capsys.readouterr().err.count("gradnas: warning: after epoch 1, 100% of the derived normal cell's") == 1
     saved = SearchConfig.from_dict(yaml.safe_load((tmp_path / "full" / "config.yaml").read_text()))
     assert (saved.switch_at, saved.then, saved.alpha_data, saved.collapse.lr_decay) == (1, "milenas", "same-batch", True)
 
@@ -163,6 +182,11 @@ def test_cli_flags_set_the_switches():
     assert SearchConfig.from_dict(cfg.to_dict()) == cfg
     plain = resolve_search_config(build_parser().parse_args(["search"]))
     assert (plain.alpha_data, plain.switch_at, plain.collapse.lr_decay, plain.collapse.warn) == ("split", None, False, True)
+    assert (plain.then_order, plain.arch_optim.type, plain.collapse.cells) == (None, "adam", "normal")
+    args = build_parser().parse_args(["search", "--method", "darts", "--order", "2", "--switch-at", "35", "--then",
+                                      "milenas", "--then-order", "1", "--arch-optim", "sgd", "--epochs", "50"])
+    cfg = resolve_search_config(args)
+    assert (cfg.orders, cfg.arch_optim.type) == ((2, 1), "sgd")
 
 
 def _cifar_slice_resized(root, per_class=8, size=224):
@@ -204,3 +228,64 @@ def test_imagenet_search_config_runs_one_step(tmp_path):
     search.run(stop_after=1)
     (line,) = _metrics(tmp_path / "run")
     assert line["method"] == "single-level" and math.isfinite(line["train_loss"]) and "arch_batch_loss" not in line
+
+
+def test_then_order_runs_darts_2nd_then_milenas_1st_and_resumes_across_the_switch(tmp_path, monkeypatch):
+    """MiLeNAS Fig. 2b: darts order 2 for switch_at epochs, then milenas order 1 (then_order): the virtual step
+    runs in the first epoch's steps only, each epoch records its method and order, and a run stopped at the
+    switch and resumed equals an uninterrupted one."""
+    torch.set_num_threads(1)
+    from gradnas.search import hypergrad
+    calls = []
+    real = hypergrad.virtual_step
+    monkeypatch.setattr(hypergrad, "virtual_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = tiny_config(method="darts", order=2, switch_at=1, then="milenas", then_order=1, epochs=2,
+                      data={"subset": 32, "eval_batches": 1})
+    assert cfg.orders == (2, 1)
+    full = Search(cfg, tmp_path / "full", progress=False)
+    assert [m.order for m in full.algorithm.methods] == [2, 1]
+    full.run()
+    steps = len(full.algorithm.batches)
+    assert len(calls) == steps  # epoch 1 only
+    lines = _metrics(tmp_path / "full")
+    assert [(l["method"], l["order"]) for l in lines] == [("darts", 2), ("milenas", 1)]
+    Search(cfg, tmp_path / "resumed", progress=False).run(stop_after=1)
+    calls.clear()
+    resumed = Search(cfg, tmp_path / "resumed", resume=True, progress=False)
+    resumed.run()
+    assert calls == []  # after the switch: milenas-1st, no virtual step
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert _metrics(tmp_path / "resumed") == lines
+    for d, message in [({"then_order": 1}, "then_order is the order of the method after switch_at"),
+                       ({"method": "darts", "switch_at": 1, "then": "single-level", "then_order": 2},
+                        "method 'single-level' supports order 1, not 2 \\(then_order\\)")]:
+        with pytest.raises(GradnasError, match=message):
+            Search(tiny_config(**d), tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_single_level_searches_the_full_training_set_and_validates_on_test(tmp_path):
+    """data.split_fraction 1 (appendix Table 5, "full"): every training image trains w and alpha, the epoch's
+    validation is the test split's, said in the records and the summary; a method needing the architecture
+    half is refused before any folder is made."""
+    torch.set_num_threads(1)
+    cfg = tiny_config(method="single-level", relax="sigmoid", epochs=1, data={"split_fraction": 1.0, "subset": 48})
+    search = Search(cfg, tmp_path / "full", progress=False)
+    algo = search.algorithm
+    assert len(algo.split.arch_idx) == 0 and len(algo.split.weight_idx) == 48
+    assert len(algo.batches) == 48 // 16  # every image, where the half split gives 24 // 16
+    dataset = search.algorithm.train_x  # the training tensors; the validation set is the test split
+    assert len(algo.val_y) == 10000 and not torch.equal(algo.val_x[:48], dataset[:48])
+    summary = search.run()
+    line = _metrics(tmp_path / "full")[0]
+    assert line["valid_on"] == "test" and summary["valid_on"] == "test"
+    split = json.loads((tmp_path / "full" / "split.json").read_text())
+    assert split["fraction"] == 1.0 and split["arch_idx"] == []
+    for d in ({"method": "darts"}, {"method": "milenas"}):
+        with pytest.raises(GradnasError, match="leaves no architecture half, but method"):
+            Search(tiny_config(data={"split_fraction": 1.0}, **d), tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+    darts_same = tiny_config(method="darts", alpha_data="same-batch", epochs=1,
+                             data={"split_fraction": 1.0, "subset": 48})
+    assert len(Search(darts_same, tmp_path / "same", progress=False).algorithm.batches) == 3

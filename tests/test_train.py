@@ -165,7 +165,8 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, folder):
 # ---------------------------------------------------------------------------------------- settings
 
 def test_shipped_settings_are_the_papers():
-    assert sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml")) == ["cifar", "imagenet", "nb201", "quick"]
+    assert sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml")) == ["cifar", "imagenet", "imagenet-pdarts", "nb201",
+                                                                   "pvll", "quick"]
     cifar = TrainConfig.from_dict(load_setting("cifar"))
     assert cifar == TrainConfig()  # the defaults are the CIFAR setting
     assert (cifar.network.cells, cifar.network.channels, cifar.epochs, cifar.batch_size) == (20, 36, 600, 96)
@@ -179,6 +180,14 @@ def test_shipped_settings_are_the_papers():
             imagenet.optim.weight_decay, imagenet.optim.label_smoothing, imagenet.network.auxiliary_weight) == (
         250, 128, 0.1, "exponential", 0.97, 3e-5, 0.1, 0.4)
     assert (imagenet.data.dataset, imagenet.data.random_resized_crop, imagenet.data.flip) == ("imagefolder", 224, True)
+    pdarts = TrainConfig.from_dict(load_setting("imagenet-pdarts"))  # the single-level paper's ImageNet retrain
+    assert (pdarts.epochs, pdarts.batch_size, pdarts.optim.lr, pdarts.optim.schedule, pdarts.optim.lr_min,
+            pdarts.optim.warmup_epochs, pdarts.optim.weight_decay, pdarts.optim.label_smoothing,
+            pdarts.network.auxiliary_weight, pdarts.network.stem) == (
+        250, 768, 0.375, "linear", None, 5, 3e-5, 0.1, 0.4, "imagenet")
+    pvll = TrainConfig.from_dict(load_setting("pvll"))  # PVLL-NAS: the search phase's batch 64 and lr 0.025
+    assert (pvll.epochs, pvll.batch_size, pvll.optim.lr, pvll.optim.schedule, pvll.network.cells,
+            pvll.network.channels) == (600, 64, 0.025, "cosine", 20, 36)
     quick = TrainConfig.from_dict(load_setting("quick"))
     assert quick.data.dataset == "fashion-mnist"
     nb201 = TrainConfig.from_dict(load_setting("nb201"))  # the benchmark's recipe
@@ -187,11 +196,39 @@ def test_shipped_settings_are_the_papers():
         5, 16, 200, 256, 0.1, True, 5e-4, 0.0)
 
 
+def test_linear_schedule_with_warmup_per_epoch_and_exact_resume_mid_warmup(tmp_path, folder):
+    """optim.schedule linear + warmup_epochs: epoch e runs at lr (1 - e / E), times (e + 1) / W while e < W
+    (the PDARTS recipe); the lr is recorded per epoch, and a run stopped in the warm-up resumes exactly."""
+    from gradnas.train.config import lr_at
+    torch.set_num_threads(1)
+    optim = {"lr": 0.4, "schedule": "linear", "warmup_epochs": 2}
+    cfg = tiny_config(folder, epochs=4, optim=optim)
+    assert [lr_at(cfg.optim, 4, e) for e in range(4)] == pytest.approx([0.4 * 1 / 2, 0.4 * 0.75, 0.4 * 0.5, 0.4 * 0.25])
+    floor = tiny_config(folder, epochs=4, optim={"lr": 0.4, "schedule": "linear", "lr_min": 0.1}).optim
+    assert [lr_at(floor, 4, e) for e in range(4)] == pytest.approx([0.4, 0.325, 0.25, 0.175])
+    cosine = tiny_config(folder, epochs=4, optim={"lr": 0.4, "warmup_epochs": 1}).optim
+    assert lr_at(cosine, 4, 0) == pytest.approx(0.4) and lr_at(cosine, 4, 2) == pytest.approx(0.2)
+    cfg = tiny_config(folder, epochs=3, optim={"lr": 0.3, "schedule": "linear", "warmup_epochs": 2},
+                      network={"auxiliary_weight": 0.0, "drop_path": 0.0})
+    full = Training(cfg, GENO, tmp_path / "full", progress=False)
+    full.run()
+    lines = _metrics(tmp_path / "full")
+    assert [l["lr"] for l in lines] == pytest.approx([0.3 * 1 / 2, 0.3 * 2 / 3, 0.3 * 1 / 3])
+    Training(cfg, GENO, tmp_path / "resumed", progress=False).run(stop_after=1)  # inside the warm-up
+    resumed = Training(cfg, GENO, tmp_path / "resumed", resume=True, progress=False)
+    resumed.run()
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert _metrics(tmp_path / "resumed") == lines
+
+
 @pytest.mark.parametrize("d,message", [
+    ({"optim": {"warmup_epochs": 600}}, "optim.warmup_epochs must be in \\[0, epochs - 1 = 599\\]"),
+    ({"optim": {"schedule": "linear", "gamma": 0.9}}, "optim.gamma is the exponential schedule's factor"),
     ({"optim": {"gamma": 0.9}}, "optim.gamma is the exponential schedule's factor"),
     ({"optim": {"schedule": "exponential"}}, "needs optim.gamma"),
     ({"optim": {"schedule": "exponential", "gamma": 0.97, "lr_min": 0.001}}, "lr_min is the cosine"),
-    ({"optim": {"schedule": "step"}}, "optim.schedule must be one of cosine, exponential"),
+    ({"optim": {"schedule": "step"}}, "optim.schedule must be one of cosine, exponential, linear"),
     ({"precision": "fp16"}, "precision must be one of fp32, bf16"),
     ({"network": {"stem": "resnet"}}, "network.stem must be one of cifar, imagenet"),
     ({"network": {"drop_path": 1.0}}, "drop_path must be in"),

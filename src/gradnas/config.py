@@ -49,7 +49,8 @@ _EDGE_SPEC = re.compile(r"^\s*([a-z]+|-?\d+)\s*:\s*(\d+)\s*<-\s*(\d+|\*)\s*$")
 class DataConfig:
     dataset: str = "cifar10"
     data_dir: str | None = None          # None: the dataset's default location
-    split_fraction: float = 0.5          # share of the training set that trains the weights
+    split_fraction: float = 0.5          # share of the training set that trains the weights; 1 = all of it (no
+                                         # architecture half: single-level or alpha_data same-*, validated on test)
     subset: int | None = None            # use only this many training images (quick runs)
     crop_padding: int = 4
     flip: bool = True
@@ -84,17 +85,45 @@ def check_betas(betas, where: str) -> tuple:
     return tuple(float(b) for b in betas)
 
 
+ARCH_OPTIMS = ("adam", "sgd")
+
+
 @dataclass(frozen=True)
 class ArchOptimConfig:
+    """The optimizer of alpha. ``type: adam`` (DARTS / MiLeNAS, and the single-level paper's recommendation for
+    general tasks) reads ``betas``; ``type: sgd`` (the single-level paper's Tables 1-2 and section 4.1.4 "for the
+    convenience of analysis, we use SGD ... for architecture parameters") reads ``momentum`` and ``nesterov``.
+    A key the chosen type does not read is refused when it differs from its default (it would be ignored)."""
+
+    type: str = "adam"
     lr: float = 3e-4
-    betas: tuple = (0.5, 0.999)
+    betas: tuple = (0.5, 0.999)          # adam only
+    momentum: float = 0.0                # sgd only
+    nesterov: bool = False               # sgd only
     weight_decay: float | None = None    # None: the relaxation's default (softmax 1e-3, sigmoid 0)
 
     def __post_init__(self):
+        if self.type not in ARCH_OPTIMS:
+            raise GradnasError(f"config: arch_optim.type must be one of {', '.join(ARCH_OPTIMS)}, got {self.type!r}")
         object.__setattr__(self, "betas", check_betas(tuple(self.betas), "arch_optim.betas"))
         if self.weight_decay is not None and not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise GradnasError(f"config: arch_optim.weight_decay must be a finite number >= 0 or null (the "
                                f"relaxation's default), got {self.weight_decay}")
+        if not (self.momentum >= 0 and math.isfinite(self.momentum)):
+            raise GradnasError(f"config: arch_optim.momentum must be a finite number >= 0, got {self.momentum}")
+        unread = ([k for k in ("momentum", "nesterov") if getattr(self, k) != _ARCH_DEFAULTS[k]]
+                  if self.type == "adam" else
+                  ["betas"] if self.betas != _ARCH_DEFAULTS["betas"] else [])
+        if unread:
+            reads = "betas" if self.type == "adam" else "momentum and nesterov"
+            other = "sgd" if self.type == "adam" else "adam"
+            raise GradnasError(f"config: arch_optim.{unread[0]} is read by arch_optim.type {other}, but this search "
+                               f"uses {self.type} (which reads {reads}); drop it or set arch_optim.type: {other}")
+        if self.nesterov and self.momentum == 0:
+            raise GradnasError("config: arch_optim.nesterov needs arch_optim.momentum > 0")
+
+
+_ARCH_DEFAULTS = {"betas": (0.5, 0.999), "momentum": 0.0, "nesterov": False}
 
 
 @dataclass(frozen=True)
@@ -104,7 +133,13 @@ class CollapseConfig:
     ``warn``: a warning when the share rises above ``threshold`` (the skip-connect collapse).
     ``lr_decay``: the single-level paper's rule (section 4.1.4): after an epoch whose share exceeds the
     threshold, multiply the weight learning rate by ``lr_factor``, at most ``max_decays`` times in a run.
-    The factor multiplies the cosine schedule (lr = scale * cosine(epoch)), it does not restart it.
+    The factor multiplies the cosine schedule (lr = scale * cosine(epoch)), it does not restart it. The
+    online rule is our reading of section 4.1.4 ("we could adjust network parameters' learning rate according
+    to the searched non-parametric operations' ratio. If it's over a threshold such as 0.3, we should decrease
+    it"): the paper gives no factor, no count and no point in the run; these are ours.
+    ``cells``: which cells the share counts in the DARTS space: ``normal`` (the default: the collapse is the
+    normal cell's; a reduction cell of pooling ops is usual, e.g. DARTS_V2's normal cell is 0.25
+    parameter-free, both cells 0.625) or ``all`` (both cells, as gradnas counted before this key). NB-201 has one cell.
     """
 
     threshold: float = 0.3
@@ -112,6 +147,12 @@ class CollapseConfig:
     lr_decay: bool = False
     lr_factor: float = 0.5
     max_decays: int = 3
+    cells: str = "normal"
+
+    def __post_init__(self):
+        if self.cells not in ("normal", "all"):
+            raise GradnasError(f"config: collapse.cells must be normal or all (the cells the parameter-free share "
+                               f"counts), got {self.cells!r}")
 
 
 # ---- sections read by the search's callbacks and by method pvll (their code is in gradnas.search)
@@ -122,12 +163,19 @@ class ProbeConfig:
 
     gap: bool = False                      # train/validation loss and accuracy gap
     grad_corr: bool = False                # gradient correlation per node (single-level paper eq. 13)
+    grad_corr_form: str = "exact"          # exact: eq. 13's per-sample products; proxy: batch-summed node gradients
     grad_corr_cells: tuple | None = None   # cell indices (negative count from the end); None: first, middle, last
     dl_dp_edges: tuple = ()                # "CELL:TARGET<-SOURCE"; CELL an index, last, or a kind; SOURCE may be *
     batches: int = 2                       # (weight, architecture) batch pairs per epoch for grad_corr and dl_dp
 
     def __post_init__(self):
         object.__setattr__(self, "dl_dp_edges", tuple(self.dl_dp_edges))
+        if self.grad_corr_form not in ("exact", "proxy"):
+            raise GradnasError(f"probes.grad_corr_form must be exact (eq. 13) or proxy (batch-summed node "
+                               f"gradients), got {self.grad_corr_form!r}")
+        if self.grad_corr_form != "exact" and not self.grad_corr:
+            raise GradnasError("probes.grad_corr_form chooses the form of probes.grad_corr, which is off; turn it "
+                               "on (--probe-grad-corr) or drop grad_corr_form")
         if self.grad_corr_cells is not None:
             object.__setattr__(self, "grad_corr_cells", tuple(self.grad_corr_cells))
             if not self.grad_corr_cells or not all(isinstance(c, int) and not isinstance(c, bool)
@@ -206,8 +254,16 @@ class PVLLConfig:
     sampling (Table 5 has it "N/A" there: p_t compares consecutive samples of the sampler); ``p_min`` is
     the floor on |p_t| (see :func:`pair_weights`). The estimator: an LSTM with ``hidden`` units, Adam with
     ``estimator_lr``, ``estimator_updates`` full-memory steps after each measurement and ``warmup_updates``
-    on the warm-up population (Algorithm 1 line 11). A: Adam with ``arch_lr`` (paper: 0.1), Gumbel
-    temperature ``tau`` (paper: 0.1, constant).
+    on the warm-up population (Algorithm 1 line 11); section 5.1: "the architecture weights and validation
+    loss estimator are both optimized by Adam with a constant learning rate of 0.1". A: Adam with ``arch_lr``
+    (paper: 0.1), Gumbel temperature ``tau`` (paper: 0.1, constant).
+    ``op_scale``: ``soft`` (eq. 4, the paper's) runs the sampled op of each edge scaled by its soft weight
+    h~_k; ``one`` at weight 1 (see :meth:`gradnas.search.pvll.PVLL.op_weights`). ``rescore``: false (the
+    paper's) freezes each memory entry's eq. 8 weight when it enters (warm-up entries 1); true re-scores every
+    pair with the current psi before each update (:func:`gradnas.search.pvll.pair_weights`).
+    ``test_cells``: N > 0 held-out cells, drawn uniformly (seeded, none of them in the warm-up population),
+    measured like the memory's entries after every round that updates psi, without training them; the round
+    records psi's loss and Kendall tau on them (``test_loss``, ``test_kendall_tau``; Table 3, Fig. 3a).
     """
 
     steps: int = 100
@@ -217,7 +273,7 @@ class PVLLConfig:
     tau: float = 0.1
     arch_lr: float = 0.1
     hidden: int = 64
-    estimator_lr: float = 0.01
+    estimator_lr: float = 0.1
     estimator_updates: int = 10
     warmup_updates: int = 500
     train_batches: int | None = None
@@ -225,9 +281,18 @@ class PVLLConfig:
     uniform_sampling: bool = False
     weighted_loss: bool | None = None
     p_min: float = 0.05
+    op_scale: str = "soft"
+    rescore: bool = False
+    test_cells: int = 0
 
     def __post_init__(self):
         checks = [
+            (self.op_scale in ("soft", "one"),
+             f"pvll.op_scale must be soft (eq. 4: the sampled op times its soft weight) or one, got {self.op_scale!r}"),
+            (self.test_cells >= 0, f"pvll.test_cells must be >= 0 (0: off), got {self.test_cells}"),
+            (not self.rescore or (self.weighted_loss is not False and not self.uniform_sampling),
+             "pvll.rescore re-scores the weights of eq. 8, which weighted_loss false and uniform_sampling turn off; "
+             "drop one of them"),
             (self.steps >= 1, f"pvll.steps must be >= 1, got {self.steps}"),
             (self.population >= 2, f"pvll.population must be >= 2, got {self.population}"),
             (self.memory >= 2, f"pvll.memory must be >= 2, got {self.memory}"),
@@ -276,6 +341,7 @@ class SearchConfig:
     alpha_data: str = "split"            # architecture batch: split | same-split | same-batch (see data.loader)
     switch_at: int | None = None         # method schedule: `method` for epochs 1..switch_at, then `then`
     then: str | None = None
+    then_order: int | None = None        # the order of `then`; None = `order` (MiLeNAS Fig. 2b: darts 2 then milenas 1)
     data: DataConfig = field(default_factory=DataConfig)
     supernet: DartsSpaceConfig = field(default_factory=DartsSpaceConfig)
     nb201: NB201SpaceConfig = field(default_factory=NB201SpaceConfig)
@@ -296,12 +362,17 @@ class SearchConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lam >= 0 and math.isfinite(self.lam), f"lambda must be a finite number >= 0, got {self.lam}"),
             (self.order in (1, 2), f"order must be 1 or 2, got {self.order}"),
-            (self.order == 2 or (self.xi is None and self.fd_scale is None),
+            (self.then_order in (None, 1, 2), f"then_order must be 1 or 2 (or null: the order), got {self.then_order}"),
+            (self.then_order is None or self.then is not None,
+             "then_order is the order of the method after switch_at (then); set then and switch_at, or drop it"),
+            (2 in self.orders or (self.xi is None and self.fd_scale is None),
              "xi and fd_scale belong to the second-order virtual step; set order: 2 or remove them"),
             (self.xi is None or (self.xi >= 0 and math.isfinite(self.xi)), f"xi must be >= 0, got {self.xi}"),
             (self.fd_scale is None or (self.fd_scale > 0 and math.isfinite(self.fd_scale)),
              f"fd_scale must be > 0, got {self.fd_scale}"),
-            (0 < self.data.split_fraction < 1, f"data.split_fraction must be in (0, 1), got {self.data.split_fraction}"),
+            (0 < self.data.split_fraction <= 1,
+             f"data.split_fraction must be in (0, 1] (1: the full training set trains the weights), got "
+             f"{self.data.split_fraction}"),
             (self.data.subset is None or self.data.subset >= 2, f"data.subset must be >= 2, got {self.data.subset}"),
             (self.data.eval_batches is None or self.data.eval_batches >= 1,
              f"data.eval_batches must be >= 1 or null, got {self.data.eval_batches}"),
@@ -346,6 +417,13 @@ class SearchConfig:
     def methods(self) -> tuple:
         """The method names this search runs, in order (two with a method schedule)."""
         return (self.method,) if self.then is None else (self.method, self.then)
+
+    @property
+    def orders(self) -> tuple:
+        """The order of each method of :attr:`methods` (``then_order`` for ``then``; None there: ``order``)."""
+        if self.then is None:
+            return (self.order,)
+        return (self.order, self.order if self.then_order is None else self.then_order)
 
     def section(self, name: str):
         """A config section by name: a built-in one (``supernet``, ``gumbel``, ...) or a registered plug-in's

@@ -54,12 +54,19 @@ def _add_config_flags(p, *, grid: bool):
                    help="method schedule: run --method for the first E epochs, then --then (weights, alphas and "
                         "optimizer state carry over; MiLeNAS Fig. 2b: --method darts --switch-at 35 --then milenas)")
     p.add_argument("--then", metavar="METHOD", help="the method after --switch-at epochs")
+    p.add_argument("--then-order", type=whole_number, metavar="ORDER",
+                   help="the order of the --then method (default: --order); MiLeNAS Fig. 2b: --method darts "
+                        "--order 2 --switch-at 35 --then milenas --then-order 1")
+    p.add_argument("--arch-optim", choices=("adam", "sgd"),
+                   help="optimizer of alpha: adam (default; betas from arch_optim.betas) or sgd (the single-level "
+                        "paper's Tables 1-2; arch_optim.momentum, arch_optim.nesterov)")
     p.add_argument("--lr-decay-on-collapse", dest="lr_decay", action="store_const", const=True,
                    help="single-level paper 4.1.4: after an epoch whose cell has more than collapse.threshold "
                         "parameter-free ops, multiply the weight lr by collapse.lr_factor (0.5), at most "
                         "collapse.max_decays (3) times")
     p.add_argument("--collapse-threshold", type=float, metavar="SHARE",
-                   help="share of parameter-free ops (none, pooling, skip) above which a search warns and, with "
+                   help="share of parameter-free ops (none, pooling, skip; DARTS: in the normal cell, collapse.cells) "
+                        "above which a search warns and, with "
                         "--lr-decay-on-collapse, lowers the lr (default 0.3; --set collapse.warn=false: no warning)")
     p.add_argument("--stop-at-size", type=_size_arg, metavar="N,R",
                    help="MiLeNAS 5.2: end the search at the first epoch whose genotype has N conv ops (sep_conv, "
@@ -101,13 +108,15 @@ def _add_config_flags(p, *, grid: bool):
     g.add_argument("--probe-grad-corr", action="store_true", default=None,
                    help="per node, the correlation of the loss gradients w.r.t. its output on the batch that "
                         "updates w and the one that updates alpha (single-level paper eq. 13, Fig. 2), in the "
-                        "first, middle and last cells. Cost per epoch: for each probe batch pair one forward and "
-                        "one input-gradient backward per batch, about one search step per pair")
+                        "first, middle and last cells; eq. 13 as written (per-sample gradient products). Cost per "
+                        "epoch: for each probe batch pair one forward per batch and one backward per sample "
+                        "(batched); probes.grad_corr_form=proxy: the batch-summed cosine, one backward per batch, "
+                        "about one search step per pair")
     g.add_argument("--probe-dl-dp", action="append", metavar="CELL:T<-S",
                    help="dL/dp for every op on an edge (single-level paper Fig. 3): CELL is a searched cell's "
                         "index, last, or a cell kind for the weight all such cells share (darts: normal, reduce; "
-                        "nb201: cell); S may be *, e.g. 'last:3<-*'. Repeatable. Cost: shares the --probe-grad-corr "
-                        "passes (the same cost if used alone)")
+                        "nb201: cell); S may be *, e.g. 'last:3<-*'. Repeatable. Cost: one forward and one backward "
+                        "per probe batch (shared with --probe-grad-corr's proxy form)")
     g.add_argument("--probe-batches", type=whole_number, metavar="N",
                    help="batch pairs per epoch for the gradient probes (default 2); their cost grows with N")
 
@@ -179,7 +188,9 @@ def run_search(args) -> int:
         say(f"stopped after {unit} {summary['stop']['epoch']} of {total}: {summary['stop']['reason']}")
     say(f"genotype: {summary['genotype']}")
     if "best_valid_acc" in summary:
-        say(f"best valid acc: {summary['best_valid_acc']:.2f}%")
+        on_test = " (on the test split: data.split_fraction 1 leaves no architecture half)" if (
+            summary.get("valid_on") == "test") else ""
+        say(f"best valid acc: {summary['best_valid_acc']:.2f}%{on_test}")
     else:  # pvll: the derived sub-network, measured in the supernet as every sample was
         say(f"derived sub-network in the supernet: valid loss {summary['valid_loss']:.4f}, "
             f"acc {summary['valid_acc']:.2f}%")

@@ -26,7 +26,8 @@ def add_parser(sub):
     p.add_argument("--pick", choices=("best", "last"),
                    help="with a search run folder: best (the default; the epoch with the best validation accuracy, "
                         "best-genotype.json, as MiLeNAS section 4.1 chooses) or last (its final genotype)")
-    p.add_argument("--setting", help="cifar, imagenet, nb201, quick (the default) or a YAML file")
+    p.add_argument("--setting", help="cifar, imagenet, imagenet-pdarts, nb201, pvll, quick (the default) or a YAML "
+                                     "file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set optim.lr=0.05 --set network.drop_path=0.3 (repeatable)")
     p.add_argument("--dataset", help="cifar10, fashion-mnist or imagefolder")

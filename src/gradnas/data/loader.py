@@ -68,14 +68,15 @@ class SearchSplit:
 def make_search_split(num_train: int, *, fraction: float = 0.5, seed: int = 0,
                       subset: int | None = None) -> SearchSplit:
     """Shuffle range(num_train) with ``seed``, keep the first ``subset`` (all if None), then put the
-    first ``floor(fraction * n)`` in the weight half and the rest in the architecture half."""
-    if not 0.0 < fraction < 1.0:
-        raise GradnasError(f"search split fraction must be strictly between 0 and 1, got {fraction}")
+    first ``floor(fraction * n)`` in the weight half and the rest in the architecture half. ``fraction`` 1:
+    every image in the weight half, none in the architecture half (a search on the full training set)."""
+    if not 0.0 < fraction <= 1.0:
+        raise GradnasError(f"search split fraction must be in (0, 1], got {fraction}")
     n = num_train if subset is None else subset
     if subset is not None and not 0 < subset <= num_train:
         raise GradnasError(f"subset must be between 1 and the training set size {num_train}, got {subset}")
     n_w = int(fraction * n)
-    if n_w < 1 or n - n_w < 1:
+    if n_w < 1 or (n - n_w < 1 and fraction < 1.0):
         raise GradnasError(
             f"a search split of {n} images with fraction {fraction} leaves one half empty; use more "
             f"images (subset) or a fraction nearer 0.5"
@@ -108,12 +109,13 @@ class PairedBatches:
             raise GradnasError(f"unknown alpha_data {alpha_data!r}; valid: {', '.join(ALPHA_DATA)}")
         self.alpha_data = alpha_data
         n_w, n_a = len(split.weight_idx), len(split.arch_idx)
-        if batch_size < 1 or batch_size > min(n_w, n_a):
+        fits = min(n_w, n_a) if alpha_data == "split" else n_w  # same-split / same-batch read the weight half only
+        if batch_size < 1 or batch_size > fits:
             raise GradnasError(
                 f"batch size {batch_size} does not fit the search split ({n_w} weight / {n_a} "
-                f"architecture images); use a batch size between 1 and {min(n_w, n_a)} or more data"
+                f"architecture images); use a batch size between 1 and {fits} or more data"
             )
-        top = int(max(split.weight_idx.max(), split.arch_idx.max()))
+        top = int(torch.cat([split.weight_idx, split.arch_idx]).max())
         if top >= len(x):
             raise GradnasError(f"the search split indexes image {top} but the training set has only "
                                f"{len(x)}; was it made for another dataset or subset?")

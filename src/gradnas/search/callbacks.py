@@ -57,7 +57,7 @@ class CollapseWatch(Callback):
 
     def on_epoch_end(self, run, record):
         cc = self.config
-        share = non_learnable_share(run.job.last_genotype)
+        share = non_learnable_share(run.job.last_genotype, cc.cells)
         record["non_learnable_share"] = share
         above = share > cc.threshold
         warn = above and cc.warn and (self.last_share is None or self.last_share <= cc.threshold)
@@ -66,7 +66,9 @@ class CollapseWatch(Callback):
         if warn and run.is_main:  # said once under torchrun
             hint = ("" if cc.lr_decay else "; the single-level paper lowers the weight lr then "
                     "(collapse.lr_decay, --lr-decay-on-collapse)")
-            tqdm.write(f"gradnas: warning: after epoch {run.done}, {share:.0%} of the derived cell's ops are "
+            two = hasattr(run.job.last_genotype, "normal")  # a normal and a reduction cell (DARTS)
+            which = "cell's" if not two else "normal cell's" if cc.cells == "normal" else "cells'"
+            tqdm.write(f"gradnas: warning: after epoch {run.done}, {share:.0%} of the derived {which} ops are "
                        f"parameter-free (none, pooling, skip_connect), above collapse.threshold "
                        f"{cc.threshold:g}: the search may be collapsing{hint}", file=sys.stderr)
         self.last_share = share

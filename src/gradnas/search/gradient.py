@@ -10,8 +10,9 @@ mid-epoch and holds the running sums and the random streams a step draws from.
 Under torchrun (see ``gradnas.distributed``) every rank draws the same global batches, takes its slice of
 each, and the method averages every gradient over the ranks; validation is split over the ranks and summed.
 
-A method schedule (``switch_at`` / ``then``): every method of the schedule is built at the start over the same
-model and optimizers; the second takes over at the start of epoch ``switch_at + 1``. The collapse lr rule is a
+A method schedule (``switch_at`` / ``then``, with ``then_order`` the second one's order, default ``order``):
+every method of the schedule is built at the start over the same model and optimizers; the second takes over
+at the start of epoch ``switch_at + 1``. The collapse lr rule is a
 scale on top of the cosine schedule (lr = scale * cosine(epoch)) set by ``CollapseWatch`` through
 :meth:`GradientSearch.set_lr_scale`. Where the architecture batch comes from (``alpha_data``) is the batches'
 business (``PairedBatches``).
@@ -38,14 +39,19 @@ from gradnas.space import build_supernet
 
 
 def build_optimizers(cfg, model):
-    """The weight SGD (cosine schedule over the epochs) and the alpha Adam of a search config."""
+    """The weight SGD (cosine schedule over the epochs) and the alpha optimizer of a search config (arch_optim.type:
+    Adam, or SGD with its momentum / Nesterov; a constant lr either way)."""
     w_optim = torch.optim.SGD(model.weight_parameters(), lr=cfg.w_optim.lr, momentum=cfg.w_optim.momentum,
                               weight_decay=cfg.w_optim.weight_decay, nesterov=cfg.w_optim.nesterov)
-    a_wd = cfg.arch_optim.weight_decay
+    ac = cfg.arch_optim
+    a_wd = ac.weight_decay
     if a_wd is None:
         a_wd = model.relaxation.default_arch_weight_decay
-    a_optim = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_optim.lr, betas=tuple(cfg.arch_optim.betas),
-                               weight_decay=a_wd)
+    if ac.type == "sgd":
+        a_optim = torch.optim.SGD(model.arch_parameters(), lr=ac.lr, momentum=ac.momentum, nesterov=ac.nesterov,
+                                  weight_decay=a_wd)
+    else:
+        a_optim = torch.optim.Adam(model.arch_parameters(), lr=ac.lr, betas=tuple(ac.betas), weight_decay=a_wd)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_optim, T_max=cfg.epochs, eta_min=cfg.w_optim.lr_min)
     return w_optim, a_optim, scheduler
 
@@ -78,28 +84,49 @@ class GradientSearch(SearchAlgorithm):
 
     unit = "epoch"
     distributed = True
-    reads = ("epochs", "arch_optim", "alpha_data", "switch_at", "then", "data.eval_batches", "probes", "collapse",
-             "stop")
+    reads = ("epochs", "arch_optim", "alpha_data", "switch_at", "then", "then_order", "data.eval_batches", "probes",
+             "collapse", "stop")
     nan_fix = "Lower the learning rates (w_optim.lr, arch_optim.lr) or check the data, then start a new run."
 
     @classmethod
     def check_config(cls, cfg) -> None:
         classes = [method_class(name) for name in cfg.methods]
-        for name, c in zip(cfg.methods, classes):
+        for name, c, order in zip(cfg.methods, classes, cfg.orders):
             if not issubclass(c, ArchOptimizer):
                 raise GradnasError(f"method {name!r} runs a search loop of its own; a method schedule (switch_at / "
                                    "then) switches between per-batch methods only")
+            if cfg.then_order is not None and order not in c.orders:
+                raise GradnasError(f"method {name!r} supports order {' or '.join(map(str, c.orders))}, not {order} "
+                                   f"({'then_order' if name == cfg.then else 'order'}); change it")
         if cfg.alpha_data != "split" and not any(c.uses_val_batch for c in classes):
             raise GradnasError(f"alpha_data {cfg.alpha_data!r} chooses the architecture batch, but method "
                                f"{' then '.join(cfg.methods)} reads none; use darts or milenas, or drop alpha_data")
+        if cfg.data.split_fraction == 1 and cfg.alpha_data == "split" and any(c.uses_val_batch for c in classes):
+            reader = next(n for n, c in zip(cfg.methods, classes) if c.uses_val_batch)
+            raise GradnasError(f"data.split_fraction 1 trains the weights on every training image and leaves no "
+                               f"architecture half, but method {reader} takes its architecture batches from it "
+                               f"(alpha_data split); use a split_fraction below 1, or alpha_data same-batch / "
+                               f"same-split, or method single-level")
 
     def __init__(self, cfg, *, data, device, world):
         self.cfg, self.device, self.world = cfg, device, world
         dataset, self.split, self.augment = data.dataset, data.split, data.augment
         self.train_x, self.train_y = dataset.train_x, dataset.train_y
+        # The full training set (split_fraction 1, checked above: only single-level or alpha_data same-*): no
+        # architecture half; single-level's unused architecture batch is then the weight batch itself, and the
+        # end-of-epoch validation runs on the test split (``valid_on`` in the records and the summary).
+        self.full_set = len(self.split.arch_idx) == 0
+        alpha_data = "same-batch" if self.full_set and cfg.alpha_data == "split" else cfg.alpha_data
         self.batches = PairedBatches(dataset.train_x, dataset.train_y, self.split, batch_size=cfg.batch_size,
-                                     augment=self.augment, device=device, seed=cfg.seed, alpha_data=cfg.alpha_data)
-        self.val_x, self.val_y = dataset.train_x[self.split.arch_idx], dataset.train_y[self.split.arch_idx]
+                                     augment=self.augment, device=device, seed=cfg.seed, alpha_data=alpha_data)
+        if self.full_set:
+            if not len(dataset.test_y):
+                raise GradnasError(f"data.split_fraction 1 leaves no architecture half, so the end-of-epoch "
+                                   f"validation runs on the test split, but dataset {cfg.data.dataset!r} has no test "
+                                   "images; give one with a test split or use a split_fraction below 1")
+            self.val_x, self.val_y = dataset.test_x, dataset.test_y
+        else:
+            self.val_x, self.val_y = dataset.train_x[self.split.arch_idx], dataset.train_y[self.split.arch_idx]
         self.model = build_supernet(cfg.space, cfg.space_config, make_relaxation(cfg.relax, cfg.relax_config),
                                     in_channels=dataset.channels, num_classes=dataset.num_classes,
                                     seed=cfg.seed).to(device)
@@ -107,9 +134,12 @@ class GradientSearch(SearchAlgorithm):
         self.w_optim, self.a_optim, self.scheduler = build_optimizers(cfg, self.model)
         # Every method of the schedule over the same model and optimizers, built now so that an
         # unsupported combination (e.g. single-level with order 2) fails before any epoch runs.
+        # Each with its own order (then_order: MiLeNAS Fig. 2b runs darts-2nd, then milenas-1st); xi and
+        # fd_scale go to the second-order ones only.
         self.methods = [make_method(name, self.model, w_optim=self.w_optim, a_optim=self.a_optim,
-                                    grad_clip=cfg.w_optim.grad_clip, order=cfg.order, lam=cfg.lam, xi=cfg.xi,
-                                    fd_scale=cfg.fd_scale, **_own_section(cfg, name)) for name in cfg.methods]
+                                    grad_clip=cfg.w_optim.grad_clip, order=order, lam=cfg.lam,
+                                    xi=cfg.xi if order == 2 else None, fd_scale=cfg.fd_scale if order == 2 else None,
+                                    **_own_section(cfg, name)) for name, order in zip(cfg.methods, cfg.orders)]
         self.method = self.methods[0]
         if world.size > 1:
             distributed.broadcast_state(self.model)
@@ -194,6 +224,10 @@ class GradientSearch(SearchAlgorithm):
             "genotype": genotype.to_string(),
             "method": self.method.name,
         }
+        if cfg.then_order is not None:  # a schedule that changes the order: which one ran this epoch
+            record["order"] = self.method.order
+        if self.full_set:  # valid_loss / valid_acc are the test split's (no architecture half)
+            record["valid_on"] = "test"
         if "val_n" in sums:  # running figures on the architecture batches, as the method saw them
             record["arch_batch_loss"] = sums["val_loss"] / sums["val_n"]
             record["arch_batch_acc"] = 100.0 * sums["val_correct"] / sums["val_n"]
@@ -209,7 +243,7 @@ class GradientSearch(SearchAlgorithm):
 
     def summary(self, *, done: int, finished: bool) -> dict:
         return {"epochs_done": done, "finished": finished, "genotype": self.model.genotype().to_string(),
-                "best_valid_acc": self.best_valid_acc}
+                "best_valid_acc": self.best_valid_acc, **({"valid_on": "test"} if self.full_set else {})}
 
     # -- pieces of an epoch
     def _select_method(self, epoch: int) -> None:

@@ -207,10 +207,16 @@ class MixedLevel(ArchOptimizer):
 
     Second order (section 3.1 and supplementary B): alpha descends the one-step unrolled gradient of the
     validation loss plus lambda times that of the training loss, each with its own finite-difference
-    correction (eps_val from grad_{w'} L_val, eps_tr from grad_{w'} L_tr). Note that the paper's
-    second-order update puts lambda on the training term, the first-order one on the validation term;
-    both are implemented as written, so lambda = 0 is DARTS-2nd's alpha gradient here. The weight step
-    reuses grad_w L_tr(w, alpha), the gradient the virtual step is built from.
+    correction (eps_val from grad_{w'} L_val, eps_tr from grad_{w'} L_tr). The weight step reuses
+    grad_w L_tr(w, alpha), the gradient the virtual step is built from.
+
+    Where lambda sits, as the paper writes each update: on L_val in the first order (eq. 6:
+    grad_a L_tr + lambda grad_a L_val, so lambda = 0 is single-level) and on L_tr in the second order
+    (supplementary B: grad_a L_val(w') + lambda grad_a L_tr(w'), so lambda = 0 is DARTS-2nd). Both are
+    implemented as written. The authors' released code differs: it adds lambda * g_tr to g_val in both
+    orders (first order: grad_a L_val + lambda grad_a L_tr). The two agree at lambda = 1 (the paper's
+    default, and gradnas's); for another lambda, gradnas's first order with lambda equals the authors' with
+    1 / lambda, up to a factor lambda on the step (alpha's lr).
     """
 
     name = "milenas"

@@ -4,13 +4,17 @@
   K-dimensional vectors (DARTS: the normal cell's edges, then the reduction cell's; NB-201: the one cell),
   a dense layer with a sigmoid maps its last hidden state to an estimated loss in [0, 1].
 * :class:`PerformanceMemory` M: a queue of (H, measured validation loss) of bounded length (section 5.1:
-  100), each entry also remembering the architecture sampled just before it (for the weight of eq. 8).
-* :func:`weighted_mse` (eq. 8) and :func:`pair_weights` (its 1/p_t, see there for the guard against zero).
+  100), each entry also remembering the architecture sampled just before it and its eq. 8 weight, frozen
+  when it entered the memory.
+* :func:`weighted_mse` (eq. 8), :func:`entry_weight` (its 1/p_t, frozen at entry: the paper's) and
+  :func:`pair_weights` (every pair re-scored with the current psi: ``pvll.rescore``); see there for the guard
+  against zero.
 * :class:`PVLL`: the state Algorithm 1 evolves besides the supernet (architecture parameter A, psi, M and
   their two Adam optimizers) and its steps: sample H_t = GumbelSoftmax(A; xi_t, tau) (eq. 3-4) or uniformly,
   observe its loss, update psi (eq. 8), update A along -grad_A psi(H~) (eq. 10), derive the final weights.
 
-Architectures are (edges, K) tensors; a sampled H is one-hot per edge (eq. 4 computes only the argmax op).
+Architectures are (edges, K) tensors; a sampled H is one-hot per edge (eq. 4 computes only the argmax op,
+scaled by its soft weight h~_k: :meth:`PVLL.op_weights`).
 Validation losses are normalised to [0, 1] by min-max over the memory's current contents whenever psi is
 trained or scored (section 3.3 only asks for [0, 1]; min-max keeps the order of the losses, which is all
 the A update and Kendall's tau use, and follows the loss scale as the supernet trains).
@@ -85,8 +89,27 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
     return sq.mean() if weights is None else (weights * sq).mean()
 
 
+def entry_weight(pred: float, pred_prev: float | None, *, p_min: float, warmup: bool) -> float:
+    """The weight 1/p_t of eq. 8 of one entry, computed once, when it enters the memory (``pvll.rescore``
+    false, the paper's): p_t = psi_t(H_t) - psi_t(H_{t-1}) with psi_t the estimator of step t (the one the
+    memory has trained so far, before this step's update), so the weight is frozen with the entry, as the
+    pair (H_t, L_t) itself is. A warm-up entry (the random population P, Algorithm 1 lines 6-10) and an entry
+    with no predecessor get weight 1: p_t compares consecutive samples of the sampler, which the warm-up
+    population is not. Guard: |p_t| floored at ``p_min`` (see :func:`pair_weights`), so a weight is in
+    [1, 1/p_min]; no normalisation (eq. 8 as written: only the relative weights matter to the minimiser, and
+    Adam's steps are invariant to the loss scale)."""
+    if warmup or pred_prev is None:
+        return 1.0
+    return 1.0 / max(abs(pred - pred_prev), p_min)
+
+
 def pair_weights(pred: torch.Tensor, pred_prev: torch.Tensor, has_prev: torch.Tensor, *, p_min: float) -> torch.Tensor:
-    """The weights 1/p_t of eq. 8 for the memory's entries, as section 3.3 defines p_t.
+    """The weights 1/p_t of eq. 8 for the memory's entries, every pair re-scored with the current psi before each
+    update (``pvll.rescore: true``; the default, the paper's, freezes each weight at entry: :func:`entry_weight`).
+    Re-scoring is kept as an option because psi_t of an early entry was the estimator of a barely warmed-up
+    landscape: re-scored, every weight measures the distance of a pair under the psi being trained, which can
+    steady the fit when psi moves fast (the paper's p_t uses "the optimal estimator at step t", which neither
+    reading has); it also weighs the warm-up population's consecutive pairs.
 
     p_t = psi(H_t) - psi(H_{t-1}): the change of the estimate between a sample and the one sampled just
     before it, so a sample far (in psi) from its predecessor weighs less. psi* is taken to be the current
@@ -120,8 +143,13 @@ class PerformanceMemory:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, h: torch.Tensor, loss: float, prev: torch.Tensor | None) -> None:
-        self.entries.append((h.detach().clone(), float(loss), None if prev is None else prev.detach().clone()))
+    def add(self, h: torch.Tensor, loss: float, prev: torch.Tensor | None, weight: float = 1.0) -> None:
+        self.entries.append((h.detach().clone(), float(loss), None if prev is None else prev.detach().clone(),
+                             float(weight)))
+
+    def weights(self) -> torch.Tensor:
+        """The entries' frozen eq. 8 weights (n,)."""
+        return torch.tensor([e[3] for e in self.entries])
 
     def tensors(self) -> tuple:
         """(H (n, edges, K), losses (n,), predecessors (n, edges, K; zeros where none), has_prev (n,))."""
@@ -133,11 +161,13 @@ class PerformanceMemory:
 
     def state_dict(self) -> dict:
         return {"maxlen": self.maxlen, "h": [e[0] for e in self.entries], "loss": [e[1] for e in self.entries],
-                "prev": [e[2] for e in self.entries]}
+                "prev": [e[2] for e in self.entries], "weight": [e[3] for e in self.entries]}
 
     def load_state_dict(self, state: dict) -> None:
         self.maxlen = int(state["maxlen"])
-        self.entries = deque(zip(state["h"], (float(x) for x in state["loss"]), state["prev"]), maxlen=self.maxlen)
+        weights = state.get("weight", [1.0] * len(state["h"]))  # absent before frozen weights: all 1
+        self.entries = deque(zip(state["h"], (float(x) for x in state["loss"]), state["prev"],
+                                 (float(w) for w in weights)), maxlen=self.maxlen)
 
 
 class PVLL:
@@ -179,10 +209,31 @@ class PVLL:
         index = torch.randint(0, num_ops, (n, num_edges), generator=generator)
         return torch.zeros(n, num_edges, num_ops).scatter_(-1, index.unsqueeze(-1), 1.0)
 
+    def op_weights(self, h: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """The op weights (edges, K) the supernet runs sample ``h`` with (eq. 4): with ``op_scale: soft`` (the
+        paper's) the sampled op k of each edge is scaled by its soft weight h~_k of eq. 3, GumbelSoftmax(A; xi,
+        tau) with the noise xi that drew it (the other ops are not computed); with ``op_scale: one``, or for a
+        cell the sampler did not draw from A (``noise`` None: the warm-up population, held-out test cells;
+        uniform sampling), weight 1. h~_k enters the supernet as a value: the weights train on h~_k op(x), and
+        A follows psi's gradient alone (eq. 10, Algorithm 1 line 18), never the supernet's loss.
+        ``op_scale: one`` (as gradnas ran before this option) runs every sampled op at weight 1, so a cell's loss does
+        not depend on how sure the sampler was of it: the measured loss is then that of the discrete cell
+        (eq. 2) that psi is fed, at the price of the paper's eq. 4."""
+        if self.cfg.op_scale == "one" or noise is None or self.cfg.uniform_sampling:
+            return h
+        soft = torch.softmax((self.A.detach() + noise) / self.cfg.tau, dim=-1)  # eq. 3, in float64
+        return h * soft.to(h.dtype)
+
     # -- memory and estimator
-    def observe(self, h: torch.Tensor, loss: float) -> None:
-        """M = M u {(H_t, L_t)}; H_{t-1} is remembered with it for p_t."""
-        self.memory.add(h, loss, self.last_h)
+    @torch.no_grad()
+    def observe(self, h: torch.Tensor, loss: float, *, warmup: bool = False) -> None:
+        """M = M u {(H_t, L_t)}; H_{t-1} is remembered with it for p_t, and (``rescore`` false) its eq. 8 weight
+        1/p_t is frozen now with the current psi (:func:`entry_weight`; 1 for a ``warmup`` entry)."""
+        weight = 1.0
+        if self.cfg.weighted and not self.cfg.rescore and not warmup and self.last_h is not None:
+            pred, pred_prev = self.estimator(torch.stack([h, self.last_h]).float()).tolist()
+            weight = entry_weight(pred, pred_prev, p_min=self.cfg.p_min, warmup=False)
+        self.memory.add(h, loss, self.last_h, weight)
         self.last_h = h.detach().clone()
 
     def _targets(self):
@@ -190,18 +241,21 @@ class PVLL:
         return hs, normalise(losses).float(), prev, has_prev
 
     def estimator_objective(self) -> torch.Tensor:
-        """Eq. 8 on the memory with the current psi (weights 1/p_t from psi, detached, or all 1)."""
+        """Eq. 8 on the memory with the current psi: weights 1/p_t frozen at entry (the default), re-scored from
+        the current psi (``rescore``; detached), or all 1 (unweighted)."""
         hs, target, prev, has_prev = self._targets()
         pred = self.estimator(hs)
         weights = None
-        if self.cfg.weighted:
+        if self.cfg.weighted and self.cfg.rescore:
             with torch.no_grad():
                 weights = pair_weights(pred.detach(), self.estimator(prev), has_prev, p_min=self.cfg.p_min)
+        elif self.cfg.weighted:
+            weights = self.memory.weights().to(pred.dtype)
         return weighted_mse(pred, target, weights)
 
     def update_estimator(self, steps: int | None = None) -> float:
         """``steps`` (default: estimator_updates) full-memory Adam steps on eq. 8; returns its final value.
-        The weights 1/p_t are re-scored from psi before each step."""
+        With ``rescore`` the weights 1/p_t are re-scored from psi before each step."""
         if len(self.memory) < 2:
             return float("nan")
         for _ in range(self.cfg.estimator_updates if steps is None else steps):
@@ -211,6 +265,19 @@ class PVLL:
             self.est_optim.step()
         with torch.no_grad():
             return float(self.estimator_objective())
+
+    @torch.no_grad()
+    def held_out_scores(self, hs: torch.Tensor, losses: torch.Tensor) -> tuple:
+        """(estimator loss, Kendall's tau) of psi on held-out cells ``hs`` (n, edges, K) with measured losses
+        ``losses`` (n,): the mean squared error against the losses normalised as psi's targets are (min-max
+        over the memory's current losses, so a held-out loss outside the memory's range falls outside [0, 1]),
+        and tau between psi's estimates and the losses (Table 3 / Fig. 3a score psi on such a set)."""
+        losses = losses.double()
+        mem = torch.tensor([e[1] for e in self.memory.entries], dtype=torch.float64)
+        lo, hi = mem.min(), mem.max()
+        target = torch.full_like(losses, 0.5) if hi <= lo else (losses - lo) / (hi - lo)
+        pred = self.estimator(hs.float()).double()
+        return float(((pred - target) ** 2).mean()), kendall_tau(pred.tolist(), losses.tolist())
 
     @torch.no_grad()
     def memory_tau(self) -> float | None:

@@ -12,8 +12,10 @@ The run is a list of rounds, one architecture each (``phase`` in metrics.jsonl):
   estimation": the supernet is trained only in the warm-up). Without the warm-up (``pvll.warmup: false``)
   the search runs T + N steps (Table 5's equal budget) and needs order 2, or nothing would train the weights.
 
-A sampled architecture runs in the supernet as one op per edge, weight exactly 1 (eq. 4): the supernet's
-alpha holds the one-hot H itself under :class:`OneHotRelaxation`, and A lives in :class:`~gradnas.search.pvll.PVLL`.
+A sampled architecture runs in the supernet as one op per edge (eq. 4), scaled by its soft weight h~_k
+(``pvll.op_scale: soft``; ``one``: weight 1; :meth:`~gradnas.search.pvll.PVLL.op_weights`): the supernet's alpha
+holds those op weights under :class:`OneHotRelaxation` (the one-hot H when the round's cell is read back), and A
+lives in :class:`~gradnas.search.pvll.PVLL`.
 "Training" an architecture = ``pvll.train_batches`` SGD steps on the weight half (null: one pass, the paper's
 "1 epoch"), the weight lr following a cosine over all training rounds (section 5.1); "measuring" = the mean
 cross-entropy on ``pvll.val_batches`` batches of the architecture half (a fixed random subset; null: all of
@@ -25,6 +27,14 @@ memory and both Adam states): a resumed run continues at the next round exactly,
 a round (H_t and its Gumbel noise) comes from a generator seeded by (seed, round), and the training batches
 are a fixed stream indexed by the count of training rounds. The derived cell (softmax(A), the space's
 derivation) and, on NB-201, its benchmark figures are recorded every round and in summary.json.
+
+Held-out cells (``pvll.test_cells: N``, Table 3 / Fig. 3a): N cells drawn uniformly from the seed (distinct, none
+of them in the warm-up population), kept in the checkpoint. After every round that updates psi they are measured
+as the round's cell was (the same images, batch statistics, their one-hot H at weight 1), without training them
+(training a held-out cell would train the shared supernet on it), with the supernet's buffers restored
+afterwards, so the search itself is the same with or without them; the round records ``test_loss`` (psi's MSE
+against their losses, normalised like the memory's) and ``test_kendall_tau``, and summary.json the last ones.
+Cost: N measurements per search round.
 """
 from __future__ import annotations
 
@@ -41,6 +51,7 @@ from gradnas.config import PVLLConfig
 from gradnas.data.loader import ShuffledBatches
 from gradnas.errors import GradnasError
 from gradnas.relax import Relaxation
+from gradnas.run import CheckpointMismatch
 from gradnas.search import callbacks as cbs
 from gradnas.search.algorithm import SearchAlgorithm, register_method
 from gradnas.search.pvll import PVLL
@@ -48,11 +59,17 @@ from gradnas.space import build_supernet
 
 # Added to the (seed, round) seed so the sampler never shares a stream with the data order.
 _PVLL_STREAM = 0x51F15EED
+_TEST_STREAM = 0x7E57CE11  # the held-out cells' stream (pvll.test_cells)
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    return (seed * 1_000_003 + stream) % 2**63
 
 
 class OneHotRelaxation(Relaxation):
-    """alpha *is* the op-weight matrix: PVLL writes the sampled one-hot H there, and the supernet computes
-    only the op each row selects (weight exactly 1). Not a registered relaxation: only PVLL sets alpha."""
+    """alpha *is* the op-weight matrix: PVLL writes the sampled cell's op weights there (one non-zero per row: 1,
+    or h~_k with op_scale soft), and the supernet computes only the op each row selects, times that weight. Not
+    a registered relaxation: only PVLL sets alpha."""
 
     name = "one-hot"
 
@@ -85,6 +102,7 @@ class PVLLSearch(SearchAlgorithm):
                   "(--set pvll.steps=N)",
         "switch_at": "a method schedule switches per-batch methods at an epoch; pvll runs its own steps",
         "then": "a method schedule switches per-batch methods at an epoch; pvll runs its own steps",
+        "then_order": "a method schedule switches per-batch methods at an epoch; pvll runs its own steps",
         "gumbel": "pvll's Gumbel temperature is constant, pvll.tau (paper: 0.1); the gumbel section's schedule "
                   "does not apply",
         "arch_optim": "pvll's A is optimized by Adam with pvll.arch_lr",
@@ -107,6 +125,9 @@ class PVLLSearch(SearchAlgorithm):
         if cfg.relax not in ("softmax", "gumbel"):
             raise GradnasError(f"method pvll: pvll samples by Gumbel-max from softmax(A) (relax softmax or gumbel), "
                                f"not relax {cfg.relax!r}")
+        if cfg.data.split_fraction == 1:
+            raise GradnasError("method pvll: pvll measures every cell's loss on the architecture half, and "
+                               "data.split_fraction 1 leaves none; use a split_fraction below 1")
         if not cfg.pvll.warmup and cfg.order == 1:
             raise GradnasError("method pvll: pvll.warmup false with order 1 would measure every loss on an untrained "
                                "supernet (order 1 trains it only in the warm-up); use order 2")
@@ -148,6 +169,8 @@ class PVLLSearch(SearchAlgorithm):
         self.plan = ([("warmup-train", i) for i in range(pc.population)] +
                      [("warmup-eval", i) for i in range(pc.population)] if pc.warmup else [])
         self.plan += [("search", t) for t in range(pc.search_steps)]
+        self.test_h = self._held_out_cells(pc.test_cells) if pc.test_cells else None
+        self.last_test: dict = {}  # the last round's held-out figures (summary.json)
         self.training_rounds = sum(1 for phase, _ in self.plan if self._trains(phase))
         self.trained = 0  # training rounds done: the index into the batch stream and the lr schedule
         self._stream = None  # (next batch position, iterator) of the training batch stream
@@ -166,6 +189,39 @@ class PVLLSearch(SearchAlgorithm):
         return self.derived()[0]
 
     # -- pieces of a round
+    def _held_out_cells(self, n: int) -> torch.Tensor:
+        """n distinct uniformly random one-hot cells (n, edges, K), none in the warm-up population, from the seed
+        (a stream of their own: the population and the sampler draw the same with or without them)."""
+        g = torch.Generator().manual_seed(_stream_seed(self.cfg.seed, _TEST_STREAM))
+        edges, k = sum(self.rows), len(self.ops)
+        if k ** edges < n + (self.cfg.pvll.population if self.cfg.pvll.warmup else 0):
+            raise GradnasError(f"pvll.test_cells {n}: the space has only {k ** edges} cells; use fewer")
+        seen = {tuple(c.argmax(-1).tolist()) for c in self.population} if self.cfg.pvll.warmup else set()
+        cells = []
+        while len(cells) < n:
+            c = PVLL.random_architectures(1, edges, k, g)[0]
+            key = tuple(c.argmax(-1).tolist())
+            if key not in seen:
+                seen.add(key)
+                cells.append(c)
+        return torch.stack(cells)
+
+    def _score_held_out(self, round_index: int) -> dict:
+        """Measure the held-out cells in the supernet as it stands (buffers restored), score psi on them."""
+        buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
+        try:
+            losses = []
+            for h in self.test_h:
+                self._set_architecture(h)
+                losses.append(self._measure(round_index)[0])
+        finally:
+            with torch.no_grad():
+                for name, b in self.model.named_buffers():
+                    b.copy_(buffers[name])
+        loss, tau = self.pvll.held_out_scores(self.test_h, torch.tensor(losses, dtype=torch.float64))
+        self.last_test = {"test_loss": loss, "test_kendall_tau": tau}
+        return dict(self.last_test)
+
     def _trains(self, phase: str) -> bool:
         return phase != "search" or self.cfg.order == 2
 
@@ -251,13 +307,19 @@ class PVLLSearch(SearchAlgorithm):
     # -- state
     def state_dict(self) -> dict:
         return {"trained": self.trained, "model": self.model.state_dict(), "w_optim": self.w_optim.state_dict(),
-                "pvll": self.pvll.state_dict()}
+                "pvll": self.pvll.state_dict(),
+                **({"test_h": self.test_h, "last_test": self.last_test} if self.test_h is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.w_optim.load_state_dict(state["w_optim"])
         self.pvll.load_state_dict(state["pvll"])
         self.trained = int(state["trained"])
+        if self.test_h is not None:  # the held-out set the run started with, and its last figures
+            if "test_h" not in state or state["test_h"].shape != self.test_h.shape:
+                raise CheckpointMismatch("holds no held-out cells of this size (pvll.test_cells)")
+            self.test_h = state["test_h"]
+            self.last_test = dict(state.get("last_test", {}))
 
     # -- the rounds
     def start(self, run) -> None:
@@ -272,7 +334,8 @@ class PVLLSearch(SearchAlgorithm):
     def summary(self, *, done: int, finished: bool) -> dict:
         total = len(self.plan)
         genotype, _ = self.derived()
-        summary = {"rounds_done": done, "rounds": total, "finished": finished, "genotype": genotype.to_string()}
+        summary = {"rounds_done": done, "rounds": total, "finished": finished, "genotype": genotype.to_string(),
+                   **self.last_test}
         if finished:
             # The argmax-of-A sub-network (for nb201 exactly the derived cell) measured as every sample was.
             self._set_architecture(torch.zeros_like(self.pvll.A, dtype=torch.float32).scatter_(
@@ -292,15 +355,18 @@ class PVLLSearch(SearchAlgorithm):
             h, noise = self.pvll.draw(g)
         else:
             h = self.population[i]
-        self._set_architecture(h)
+        weights = self.pvll.op_weights(h, noise)  # eq. 4: h~_k on the sampled op (op_scale soft), else 1
+        self._set_architecture(weights)
         record["sampled"] = self._ops_of(h)
         if self._trains(phase):
             record.update(self._train(r))
         if phase != "warmup-train":
             loss, acc = self._measure(r)
             record.update(measured_loss=loss, measured_acc=acc)
+            if weights is not h:
+                self._set_architecture(h)  # the cell itself (one-hot) for its genotype and benchmark figures
             self.measured = (self.model.genotype(), acc)  # the sampled cell (alpha holds H), as measured
-            self.pvll.observe(h, loss)
+            self.pvll.observe(h, loss, warmup=phase != "search")
             est = None
             if phase == "search":
                 est = self.pvll.update_estimator()
@@ -310,6 +376,9 @@ class PVLLSearch(SearchAlgorithm):
             if est is not None and math.isfinite(est):
                 record["estimator_loss"] = est
                 record["kendall_tau"] = self.pvll.memory_tau()
+                if self.test_h is not None:
+                    record.update(self._score_held_out(r))
+                    self._set_architecture(h)
             record["memory"] = len(self.pvll.memory)
         genotype, edge_weights = self.derived()
         self.last_genotype = genotype

@@ -34,7 +34,9 @@ class Benchmark(NamedTuple):
 class SupernetCells:
     """What the gradient probes need of a supernet: its searched cells in forward order, each cell's kind
     (the alpha it shares), the position of the op-weight argument of a cell's forward, and the
-    (target, source) edges in alpha-row order. Each cell reports every node through ``cell.on_node``."""
+    (target, source) edges in alpha-row order. Each cell reports every node through ``cell.on_node``: its
+    intermediate nodes (the gradient probes), and its input nodes (the exact form of grad_corr reads the
+    inputs of every edge; a cell that does not report them runs the proxy form only)."""
 
     cells: list
     kinds: list

@@ -98,12 +98,16 @@ class SearchCell(nn.Module):
                                       for j in range(cfg.nodes + 1) for name in cfg.ops if name in POOLS})
         # column index of each op in an alpha row
         self.col = {name: k for k, name in enumerate(cfg.ops)}
-        # Optional observer of every intermediate node, on_node(node index, tensor); probes set it.
+        # Optional observer of every node (the two inputs, then each intermediate node), on_node(node index,
+        # tensor); probes set it.
         self.on_node = None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
         """``active``: per edge the op columns to compute (a sampling relaxation), None for all."""
         states = [self.pre0(s0), self.pre1(s1)]
+        if self.on_node is not None:  # the cell's input nodes too (the exact grad_corr probe reads them)
+            self.on_node(0, states[0])
+            self.on_node(1, states[1])
         relu_cache: dict = {}
         pool_cache: dict = {}
 

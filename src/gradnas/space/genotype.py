@@ -285,11 +285,22 @@ def chosen_ops(genotype) -> list:
     return space_of(genotype).chosen_ops(genotype)
 
 
-def non_learnable_share(genotype) -> float:
+SHARE_CELLS = ("normal", "all")
+
+
+def non_learnable_share(genotype, cells: str = "all") -> float:
     """The share of parameter-free ops (PARAMETER_FREE_OPS: none, pooling, skip_connect and ops registered
     with parameter_free=True, a live view) among the genotype's chosen ops: the single-level paper's collapse
-    indicator (section 4.1.4: decrease the weight lr above ~0.3)."""
-    ops = chosen_ops(genotype)
+    indicator (section 4.1.4: decrease the weight lr above ~0.3).
+
+    ``cells``: ``all`` counts every op of the genotype (DARTS: both cells); ``normal`` counts the normal cell
+    only, in a space whose genotype has one (DARTS; the collapse the paper describes is the normal cell's,
+    a reduction cell of pooling ops is usual: DARTS_V2 is 0.25 normal, 0.625 both). A space with one cell
+    (NB-201) counts that cell either way."""
+    if cells not in SHARE_CELLS:
+        raise GradnasError(f"non_learnable_share: cells must be one of {', '.join(SHARE_CELLS)}, got {cells!r}")
+    normal = getattr(genotype, "normal", None) if cells == "normal" else None
+    ops = [op for op, _ in normal] if normal is not None else chosen_ops(genotype)
     return sum(op in PARAMETER_FREE_OPS for op in ops) / len(ops)
 
 

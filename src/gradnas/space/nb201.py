@@ -86,12 +86,14 @@ class NB201SearchCell(nn.Module):
             for i, j in nb201_edges()})
         self.shared = nn.ModuleDict({name: OPS[name](c, 1, False) for name in self.ops
                                      if name in PARAMETER_FREE_OPS and name != "none"})
-        # Optional observer of every node after the input, on_node(node index, tensor); probes set it.
+        # Optional observer of every node (the input, then the others), on_node(node index, tensor); probes set it.
         self.on_node = None
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
         """``weights``: (6, ops) op weights; ``active``: per edge the op columns to compute, None for all."""
         states = [x]
+        if self.on_node is not None:  # the input node too (the exact grad_corr probe reads it)
+            self.on_node(0, x)
         relu_cache: dict = {}
         shared_cache: dict = {}
         row = 0

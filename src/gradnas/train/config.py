@@ -4,8 +4,10 @@ The tree mirrors the objects: ``data`` -> the batches, ``network`` -> the evalua
 ``optim`` -> SGD and its schedule, the top level -> the loop. Defaults are the CIFAR-10 setting of
 DARTS / MiLeNAS (section 4.3): 20 cells, 36 channels, 600 epochs, batch 96, SGD 0.025 cosine, momentum
 0.9, weight decay 3e-4, cutout 16, drop path 0.2 ramped up linearly, auxiliary weight 0.4, gradient clip 5.
-Shipped settings (``configs/train/``): ``cifar``, ``imagenet`` (MiLeNAS supplementary A.2), ``nb201``
-(the NAS-Bench-201 training recipe, for NB-201 genotypes) and ``quick``.
+Shipped settings (``configs/train/``): ``cifar``, ``imagenet`` (MiLeNAS supplementary A.2), ``imagenet-pdarts``
+(the PDARTS ImageNet recipe the single-level paper retrains with), ``pvll`` (PVLL-NAS: "the same training
+setting as in the searching phase"), ``nb201`` (the NAS-Bench-201 training recipe, for NB-201 genotypes) and
+``quick``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from gradnas.errors import GradnasError
 from gradnas.space.darts_network import STEMS
 
 SETTINGS_DIR = CONFIG_DIR / "train"
-SCHEDULES = ("cosine", "exponential")
+SCHEDULES = ("cosine", "exponential", "linear")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -57,8 +59,9 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 3e-4
     nesterov: bool = False
-    schedule: str = "cosine"             # cosine (to lr_min over the epochs) or exponential (x gamma per epoch)
-    lr_min: float | None = None          # cosine only: the floor; None = 0
+    schedule: str = "cosine"             # cosine or linear (to lr_min over the epochs), exponential (x gamma per epoch)
+    lr_min: float | None = None          # cosine and linear: the floor; None = 0
+    warmup_epochs: int = 0               # linear warm-up over the first epochs (see lr_at); 0 = none
     gamma: float | None = None           # exponential only: the factor per epoch (ImageNet: 0.97)
     grad_clip: float = 5.0               # max norm of the gradient; 0 = no clipping
     label_smoothing: float = 0.0
@@ -117,8 +120,10 @@ class TrainConfig:
             (not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0"),
             (0 <= o.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}"),
             (o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}"),
-            (o.schedule == "cosine" or o.lr_min is None,
-             "optim.lr_min is the cosine schedule's floor; remove it for the exponential schedule"),
+            (o.schedule != "exponential" or o.lr_min is None,
+             "optim.lr_min is the cosine and linear schedules' floor; remove it for the exponential schedule"),
+            (0 <= o.warmup_epochs < self.epochs,
+             f"optim.warmup_epochs must be in [0, epochs - 1 = {self.epochs - 1}], got {o.warmup_epochs}"),
             (o.schedule == "exponential" or o.gamma is None,
              "optim.gamma is the exponential schedule's factor; remove it or set optim.schedule: exponential"),
             (o.schedule != "exponential" or (o.gamma is not None and 0 < o.gamma <= 1),
@@ -140,6 +145,28 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         return build_config(cls, d)
+
+
+def lr_at(optim: OptimConfig, epochs: int, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch`` of ``epochs``, in closed form.
+
+    cosine: lr_min + (lr - lr_min) (1 + cos(pi e / E)) / 2; linear: lr_min + (lr - lr_min) (1 - e / E), both
+    reaching lr_min (None: 0) when training ends, after the last epoch (epoch E), as torch's
+    CosineAnnealingLR(T_max=E) does (so the last epoch still learns, at lr / E for the linear schedule);
+    exponential: lr gamma^e. Warm-up (``warmup_epochs`` W > 0), per epoch: epoch e < W runs at (e + 1) / W
+    times the schedule's lr, so the first epoch at lr / W and epoch W at the schedule's own value (the PDARTS
+    ImageNet recipe the single-level paper follows: 5 warm-up epochs of a linear decay from 0.375; per epoch,
+    not per step, because the schedules here step once an epoch)."""
+    lr_min = optim.lr_min or 0.0
+    if optim.schedule == "cosine":
+        lr = lr_min + (optim.lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+    elif optim.schedule == "linear":
+        lr = lr_min + (optim.lr - lr_min) * (1 - epoch / epochs)
+    else:
+        lr = optim.lr * optim.gamma ** epoch
+    if epoch < optim.warmup_epochs:
+        lr *= (epoch + 1) / optim.warmup_epochs
+    return lr
 
 
 def load_setting(name_or_path: str) -> dict:

@@ -45,7 +45,7 @@ from gradnas.run import (GENOTYPE_FILE, NETWORK_FILE, SPLIT_FILE, CheckpointMism
 from gradnas.space import build_network
 from gradnas.space.darts_network import count_params_m
 from gradnas.space.genotype import Genotype, load_genotype, save_genotype
-from gradnas.train.config import TrainConfig
+from gradnas.train.config import TrainConfig, lr_at
 from gradnas.train.data import make_train_data
 
 
@@ -207,7 +207,10 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          weight_decay=o.weight_decay, nesterov=o.nesterov)
-        if o.schedule == "cosine":
+        if o.schedule == "linear" or o.warmup_epochs:  # closed form (train.config.lr_at), resumed by epoch count
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda epoch: lr_at(o, cfg.epochs, epoch) / o.lr)
+        elif o.schedule == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs,
                                                                         eta_min=o.lr_min or 0.0)
         else:
