@@ -342,7 +342,7 @@ def test_a_setting_is_refused_by_name_of_the_component_that_would_read_it(tmp_pa
         resolve_search_config(None, {"method": "darts"}, ["pvll.steps=3"])
     with pytest.raises(GradnasError, match="xi is read by method darts"):
         resolve_search_config(None, {"method": "single-level"}, ["xi=0.1", "order=2"])
-    assert resolve_search_config(None, {"method": "pvll"}, []).epochs == 5  # quick's, not the user's: not read
+    assert resolve_search_config(None, {"method": "pvll"}, []).epochs == 3  # quick's, not the user's: not read
     mine = tmp_path / "mine.yaml"
     mine.write_text("method: darts\nlambda: 5\n")
     with pytest.raises(GradnasError, match="lambda is read by method milenas"):

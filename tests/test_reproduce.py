@@ -73,7 +73,7 @@ def test_the_order_check_needs_strict_differences():
 
 
 def _spec(**changes):
-    d = {"title": "t", "paper": "p", "base": "quick", "runs": {"a": {"lambda": 0.5}, "b": {}},
+    d = {"title": "t", "paper": "p", "base": "milenas-1st", "runs": {"a": {"lambda": 0.5}, "b": {}},
          "measures": ["best_valid_acc"],
          "budgets": {"tiny": {"set": {"epochs": 1, "batch_size": 16, "data.subset": 64, "data.eval_batches": 1,
                                       "supernet.cells": 3, "supernet.channels": 4, "supernet.nodes": 2}}}}

@@ -22,6 +22,8 @@ from gradnas.train.loop import Training
 
 from test_darts_network import DARTS_V2, random_genotype
 
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
 GENO = random_genotype(0, steps=2)
 
 
@@ -369,3 +371,23 @@ def test_float_spellings_in_training_settings(tmp_path):
         TrainConfig.from_dict({"optim": {"lr": "inf"}})
     with pytest.raises(GradnasError, match="epochs must be an integer, got 1.5"):
         TrainConfig.from_dict({"epochs": 1.5})
+
+
+def test_test_subset_tests_a_seeded_choice_of_test_images():
+    from gradnas.data.sources import load_dataset
+    from gradnas.distributed import World
+    from gradnas.train.config import TrainDataConfig
+    from gradnas.train.data import make_train_data
+
+    def tested(subset, seed):
+        cfg = TrainDataConfig(dataset="fashion-mnist", data_dir=FMNIST, subset=64, test_subset=subset, cutout=0)
+        data = make_train_data(cfg, batch_size=32, seed=seed, device=torch.device("cpu"), world=World())
+        return torch.cat([y for _, y in data.test()]), data.num_test
+
+    labels, n = tested(100, 0)
+    assert n == 100 and len(labels) == 100
+    assert torch.equal(labels, tested(100, 0)[0]) and not torch.equal(labels, tested(100, 1)[0])
+    everything = load_dataset("fashion-mnist", FMNIST).test_y
+    assert torch.equal(tested(None, 0)[0], everything)  # None: every test image, in order
+    with pytest.raises(GradnasError, match="data.test_subset 20000 is larger than the 10000 test images"):
+        tested(20000, 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 from gradnas.config import SearchConfig, apply_override, load_yaml, resume_conflicts
 from gradnas.errors import GradnasError
 
-DEFAULT_CONFIG = "quick"  # what plain `gradnas search` runs: MiLeNAS-1st on Fashion-MNIST, a proxy supernet
+DEFAULT_CONFIG = "quick"  # what plain `gradnas search` runs: single-level sigmoid on Fashion-MNIST, a proxy supernet
 DEFAULT_SETTING = "quick"  # what plain `gradnas train` runs: a small network on Fashion-MNIST, minutes on a CPU
 BENCH_SETTING = "cifar"  # the setting whose network `gradnas bench --train` times by default
 

@@ -15,8 +15,8 @@ from gradnas.errors import GradnasError
 def add_search_parser(sub):
     p = sub.add_parser("search", help="search a cell with a gradient-based method",
                        description="Search a cell. Without --config this runs the built-in quick default "
-                                   "(MiLeNAS-1st on Fashion-MNIST with a small proxy supernet, a few minutes on "
-                                   "2 CPU cores). Precedence: --config < flags < --set.")
+                                   "(single-level search with the sigmoid relaxation on Fashion-MNIST with a small "
+                                   "proxy supernet, about 3 minutes on 2 CPU cores). Precedence: --config < flags < --set.")
     _add_config_flags(p, grid=False)
     p.add_argument("--out", help="run folder (default: runs/<method>-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR from its last checkpoint")
@@ -194,6 +194,10 @@ def run_search(args) -> int:
     else:  # pvll: the derived sub-network, measured in the supernet as every sample was
         say(f"derived sub-network in the supernet: valid loss {summary['valid_loss']:.4f}, "
             f"acc {summary['valid_acc']:.2f}%")
+    if "collapse" in summary:
+        from gradnas.search.callbacks import describe_collapse
+        say(("gradnas: warning: " if summary["collapse"]["collapsed"] else "") + describe_collapse(summary["collapse"]),
+            file=sys.stderr if summary["collapse"]["collapsed"] else sys.stdout)
     benchmark = get_space(cfg.space).benchmark
     if benchmark and benchmark.key in summary:
         from gradnas.benchmark import format_benchmark

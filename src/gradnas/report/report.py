@@ -97,10 +97,16 @@ def write_report(run_dir) -> tuple[Path, list, list]:
             ("train - validation gap", f"{_fmt(gap)} pp ({gap_note})" if gap is not None else "n/a"),
             (PARAMS_LABEL, _fmt(params / 1e6, 3) if params is not None else
              "n/a (no checkpoint, or a space without a counter)")]
+    collapse = (run.summary or {}).get("collapse")
+    if isinstance(collapse, dict) and isinstance(collapse.get("share"), (int, float)):
+        from gradnas.search.callbacks import describe_collapse
+        rows.append(("parameter-free share", describe_collapse(collapse)))
     nb201 = run.nb201
     if nb201 is not None:
         rows += [(f"NAS-Bench-201 test accuracy, {k}", _fmt(v, unit=" %")) for k, v in nb201.items()]
     md.append(md_table(("figure", "value"), rows))
+    if isinstance(collapse, dict) and collapse.get("collapsed"):
+        md.append(f"**Warning:** {describe_collapse(collapse)}.\n")
     md.append(f"*{PARAMS_LABEL}*: {PARAMS_NOTE.get(cfg.get('space'), 'no counter for this space')}.\n")
 
     md.append("\n## Cells\n")
@@ -122,9 +128,16 @@ def write_report(run_dir) -> tuple[Path, list, list]:
     if image("grad-corr.png", "") or image("dl-dp.png", ""):
         md.append("\n## Gradient probes\n")
         if image("grad-corr.png", ""):
-            md.append("Cosine between the batch-summed loss gradients with respect to each node's output on the "
-                      "batch that updates w and on the batch that updates alpha (single-level paper eq. 13; see "
-                      "`gradnas.search.probes`).\n\n")
+            forms = {m.get("grad_corr_form") for m in run.metrics if "grad_corr" in m}
+            if forms <= {"proxy", None}:
+                md.append("Cosine between the batch-summed loss gradients with respect to each node's output on the "
+                          "batch that updates w and on the batch that updates alpha (the cheap proxy of the "
+                          "single-level paper's eq. 13, probes.grad_corr_form: proxy; see `gradnas.search.probes`)."
+                          "\n\n")
+            else:
+                md.append("The single-level paper's eq. 13 per node: per-sample gradients of the w and alpha "
+                          "updates' losses at the node, times the inputs of its edges, as a cosine "
+                          "(probes.grad_corr_form: exact; see `gradnas.search.probes`).\n\n")
             md.append(image("grad-corr.png", "gradient correlation"))
         if image("dl-dp.png", ""):
             md.append("\nGradient of the loss alpha descends with respect to each op's relaxed weight p "

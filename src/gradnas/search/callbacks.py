@@ -45,6 +45,19 @@ class TemperatureSchedule(Callback):
         return run.job.model.relaxation.start_epoch(epoch=index, epochs=cfg.epochs, seed=cfg.seed)
 
 
+def describe_collapse(collapse: dict) -> str:
+    """One plain sentence on a summary's ``collapse`` entry: the last cell's parameter-free share and, when it
+    ends above the threshold, that the search collapsed and what to try."""
+    cells = {"normal": "normal cell", "all": "cells"}.get(collapse.get("cells"), "cell")
+    share, threshold = collapse["share"], collapse["threshold"]
+    text = f"parameter-free ops (none, pooling, skip_connect) in the derived {cells}: {share:.0%}"
+    if not collapse.get("collapsed"):
+        return text + f", within collapse.threshold {threshold:g}"
+    return (text + f", above collapse.threshold {threshold:g} (on {collapse.get('epochs_above', '?')} epoch(s)): "
+            "the search collapsed toward parameter-free ops; try more weight steps (a smaller batch, more epochs "
+            "or images), the sigmoid relaxation, or --lr-decay-on-collapse")
+
+
 class CollapseWatch(Callback):
     """After every epoch (``collapse`` section): the share of parameter-free ops in its genotype, a warning when
     it rises above the threshold, and with ``lr_decay`` the lr rule (at most ``max_decays`` times)."""
@@ -53,7 +66,7 @@ class CollapseWatch(Callback):
 
     def __init__(self, config):
         self.config = config
-        self.lr_scale, self.lr_decays, self.last_share = 1.0, 0, None
+        self.lr_scale, self.lr_decays, self.last_share, self.epochs_above = 1.0, 0, None, 0
 
     def on_epoch_end(self, run, record):
         cc = self.config
@@ -72,6 +85,7 @@ class CollapseWatch(Callback):
                        f"parameter-free (none, pooling, skip_connect), above collapse.threshold "
                        f"{cc.threshold:g}: the search may be collapsing{hint}", file=sys.stderr)
         self.last_share = share
+        self.epochs_above += int(above)
         if cc.lr_decay:
             if above and self.lr_decays < cc.max_decays:
                 self.lr_scale *= cc.lr_factor
@@ -80,14 +94,24 @@ class CollapseWatch(Callback):
                                       "next_lr": run.job.set_lr_scale(self.lr_scale)}
             record["lr_scale"] = self.lr_scale
 
+    def on_end(self, run, summary):
+        """The summary says plainly what the last cell is made of: its parameter-free share (of the cells
+        ``collapse.cells`` counts), the threshold, whether it ends above it and on how many epochs it was."""
+        if self.last_share is not None:
+            cc = self.config
+            summary["collapse"] = {"share": self.last_share, "cells": cc.cells, "threshold": cc.threshold,
+                                   "collapsed": self.last_share > cc.threshold, "epochs_above": self.epochs_above}
+
     def state_dict(self):
-        return {"lr_scale": self.lr_scale, "lr_decays": self.lr_decays, "last_share": self.last_share}
+        return {"lr_scale": self.lr_scale, "lr_decays": self.lr_decays, "last_share": self.last_share,
+                "epochs_above": self.epochs_above}
 
     def on_resume(self, run, state):
         state = state or {}  # absent in checkpoints from before the collapse watch
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.lr_decays = int(state.get("lr_decays", 0))
         self.last_share = state.get("last_share")
+        self.epochs_above = int(state.get("epochs_above", 0))
         run.job.lr_scale = self.lr_scale  # the scale the restored optimizer's lr already carries
 
 

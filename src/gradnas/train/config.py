@@ -29,6 +29,7 @@ class TrainDataConfig:
     dataset: str = "cifar10"
     data_dir: str | None = None          # None: the dataset's default location
     subset: int | None = None            # train on this many training images (a seeded random choice); None = all
+    test_subset: int | None = None       # test on this many test images (a seeded random choice); None = all
     crop_padding: int = 4                # random crop after zero padding (images held in memory)
     flip: bool = True                    # random horizontal flip
     cutout: int = 16                     # side of the cutout square; 0 = off
@@ -89,6 +90,10 @@ class TrainConfig:
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
             (d.subset is None or d.subset >= 1, f"data.subset must be >= 1 or null, got {d.subset}"),
+            (d.test_subset is None or d.test_subset >= 1, f"data.test_subset must be >= 1 or null, got {d.test_subset}"),
+            (d.test_subset is None or not d.random_resized_crop,
+             "data.test_subset applies to images held in memory, not to random_resized_crop's decoded folders; "
+             "remove it"),
             (d.crop_padding >= 0 and d.cutout >= 0, "data.crop_padding and data.cutout must be >= 0"),
             (d.random_resized_crop >= 0, f"data.random_resized_crop must be >= 0, got {d.random_resized_crop}"),
             (not (d.random_resized_crop and d.crop_padding),

@@ -82,11 +82,12 @@ def _split(cfg: TrainDataConfig, n: int, chosen, seed: int, saved: dict | None, 
     return make_valid_split(pool, cfg.valid_fraction, seed, num_images=n)
 
 
-def _pick_subset(n: int, subset: int | None, seed: int) -> torch.Tensor | None:
+def _pick_subset(n: int, subset: int | None, seed: int, *, key: str = "data.subset",
+                 images: str = "training") -> torch.Tensor | None:
     if subset is None:
         return None
     if subset > n:
-        raise GradnasError(f"data.subset {subset} is larger than the {n} training images; lower it or remove it")
+        raise GradnasError(f"{key} {subset} is larger than the {n} {images} images; lower it or remove it")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:subset]
     return perm.sort().values
 
@@ -127,8 +128,13 @@ def make_train_data(cfg: TrainDataConfig, *, batch_size: int, seed: int, device:
         train_x, train_y = train_x[chosen], train_y[chosen]
     batches = ShuffledBatches(train_x, train_y, batch_size=batch_size, augment=augment, device=device, seed=seed,
                               part=part)
-    test_part = world.shard(len(data.test_y))
-    test_x, test_y = data.test_x[test_part], data.test_y[test_part]
+    test_x, test_y = data.test_x, data.test_y
+    tested = _pick_subset(len(test_y), cfg.test_subset, seed, key="data.test_subset", images="test")
+    if tested is not None:
+        test_x, test_y = test_x[tested], test_y[tested]
+    test_part = world.shard(len(test_y))
+    num_test = len(test_y)
+    test_x, test_y = test_x[test_part], test_y[test_part]
 
     def test():
         if len(test_y):
@@ -136,7 +142,7 @@ def make_train_data(cfg: TrainDataConfig, *, batch_size: int, seed: int, device:
 
     return TrainData(epoch=batches.epoch, test=test, steps=len(batches), num_classes=data.num_classes,
                      channels=data.channels, image_size=data.image_size, num_train=len(train_y),
-                     num_test=len(data.test_y), valid=valid,
+                     num_test=num_test, valid=valid,
                      num_valid=len(valid_split["valid"]) if valid_split else 0, split=valid_split)
 
 
