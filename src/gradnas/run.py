@@ -37,6 +37,7 @@ from gradnas.checkpoint import OLD_FORMATS, keep_metrics_until, metrics_until, r
 from gradnas.config import resume_conflicts
 from gradnas.errors import GradnasError
 from gradnas.signals import Interrupted, StopAtOnce, StopOnSignal
+from gradnas.trackers import build_trackers
 
 # The run folder's files (searches and training runs share the names; see each harness for what it writes).
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
@@ -240,6 +241,7 @@ class Harness:
         self.progress = progress
         self.folder = RunFolder(out_dir, command=self.command, holds=self.holds)
         self.world = distributed.world()
+        self._trackers = build_trackers(cfg)  # a missing tracker package fails here, before the folder is made
         self.job = None
         self.callbacks: list[Callback] = []
         self.done = 0                 # units finished (and checkpointed)
@@ -345,10 +347,10 @@ class Harness:
         self.folder.unlock()
 
     def _attach(self, job, builtin, callbacks, *, resume: bool, device) -> None:
-        """Attach the job and the callbacks (the job's own, those the config names, those passed in, then the
-        metrics writer), and on resume load the checkpoint into all of them."""
+        """Attach the job and the callbacks (the job's own, those the config names, those passed in, the
+        trackers of the config's ``log``, then the metrics writer), and on resume load the checkpoint into all of them."""
         self.job = job
-        callbacks = [*builtin, *build_callbacks(self.cfg.callbacks, self.cfg), *callbacks]
+        callbacks = [*builtin, *build_callbacks(self.cfg.callbacks, self.cfg), *callbacks, *self._trackers]
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise GradnasError(f"callbacks must be gradnas.callbacks.Callback instances, got {type(cb).__name__}")

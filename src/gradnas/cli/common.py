@@ -145,6 +145,28 @@ def add_launch_flags(p) -> None:
                         "an error (default $GRADNAS_DIST_TIMEOUT, else 300)")
 
 
+def _log_list(text: str) -> list:
+    from gradnas.trackers import parse_log
+    return parse_log(text)
+
+
+def add_tracker_flags(p) -> None:
+    """--log, --log-every, --mlflow-uri: the experiment trackers of a search or training run (saved in config.yaml,
+    so --resume logs into the same tracker runs)."""
+    g = p.add_argument_group("trackers", "Experiment trackers (gradnas.trackers): every number of each epoch's "
+                                         "metrics, the running loss and accuracy every --log-every steps, and at "
+                                         "the end the genotype and the cell images.")
+    g.add_argument("--log", type=_log_list, metavar="TRACKERS",
+                   help="comma-separated: tensorboard (RUN/tensorboard), wandb (offline in RUN/wandb unless "
+                        "WANDB_MODE says otherwise), mlflow (RUN/mlruns or --mlflow-uri), csv (RUN/scalars.csv); "
+                        "pip install 'gradnas[trackers]' for the first three")
+    g.add_argument("--log-every", type=whole_number, metavar="N",
+                   help="log the running loss and accuracy every N steps (tracking.every_steps, default 50; 0: per "
+                        "epoch only)")
+    g.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking server or store (tracking.mlflow_uri; "
+                                                        "default: a file store in RUN/mlruns)")
+
+
 def check_resume_out(args) -> None:
     """--out names a new run's folder; with --resume the run continues in its own folder."""
     if args.resume and args.out:

@@ -7,7 +7,8 @@ from datetime import datetime
 from pathlib import Path
 
 from gradnas import overrides
-from gradnas.cli.common import add_launch_flags, check_resume_out, drive, process_group, speaker, whole_number
+from gradnas.cli.common import (add_launch_flags, add_tracker_flags, check_resume_out, drive, process_group, speaker,
+                                whole_number)
 from gradnas.cli.plugins import portable
 from gradnas.errors import GradnasError
 
@@ -91,6 +92,7 @@ def _add_config_flags(p, *, grid: bool):
                         "module with --plugin); repeatable; saved in config.yaml, so --resume attaches it again")
     p.add_argument("--threads", type=whole_number, help="CPU threads (default: all cores)" if not grid else
                    "CPU threads per run (default: the cores divided among --jobs)")
+    add_tracker_flags(p)
     g = p.add_argument_group(
         "probes", "Optional per-epoch measurements, recorded in metrics.jsonl and drawn by `gradnas plot`; all off "
                   "by default, and none changes the search. The relaxed op weights of every edge are always "

@@ -300,11 +300,12 @@ class Trainer:
             if cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
             self.optimizer.step()
+            batch_correct = int((logits.detach().argmax(1) == y).sum())
             loss_sum += loss_value * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
+            correct += batch_correct
             n += len(y)
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{100 * correct / n:.1f}")
-            run.step_end(epoch, step, {"train_loss": loss_value, "train_n": len(y)})
+            run.step_end(epoch, step, {"train_loss": loss_value, "train_correct": batch_correct, "train_n": len(y)})
             if run.signal_requested and step + 1 < self.data.steps:
                 bar.close()
                 # What a resumed step needs besides the weights: the running sums, the global torch RNG and the
