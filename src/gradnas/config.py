@@ -133,12 +133,6 @@ class TrackingConfig:
             raise GradnasError("config: tracking.experiment must be a name, e.g. gradnas")
 
 
-def check_log(names) -> None:
-    """``log``: the trackers' names, each known and given once (their packages are checked when a run starts)."""
-    from gradnas.trackers import check_tracker_names
-    check_tracker_names(names)
-
-
 # ---- sections read by the search's callbacks and by method pvll (their code is in gradnas.search)
 
 @dataclass(frozen=True)
@@ -312,7 +306,8 @@ class SearchConfig:
     stop: StopConfig = field(default_factory=StopConfig)
     pvll: PVLLConfig = field(default_factory=PVLLConfig)  # read by method pvll only
     callbacks: tuple = ()                # names of registered callbacks (gradnas.callbacks.register_callback)
-    log: tuple = ()                      # experiment trackers: tensorboard, wandb, mlflow, csv (gradnas.trackers)
+    log: tuple = ()                      # experiment trackers: tensorboard, wandb, mlflow, csv (gradnas.trackers,
+                                         # which checks the names when a run is built)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # sections of registered plug-ins (register_section): section name -> that plug-in's frozen config
     sections: dict = field(default_factory=dict)
@@ -359,7 +354,6 @@ class SearchConfig:
         for ok, message in checks:
             if not ok:
                 raise GradnasError(f"config: {message}")
-        check_log(self.log)
         self._check_stop_size()
 
     def _check_stop_size(self) -> None:

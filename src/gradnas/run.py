@@ -37,7 +37,6 @@ from gradnas.checkpoint import OLD_FORMATS, keep_metrics_until, metrics_until, r
 from gradnas.config import resume_conflicts
 from gradnas.errors import GradnasError
 from gradnas.signals import Interrupted, StopAtOnce, StopOnSignal
-from gradnas.trackers import build_trackers
 
 # The run folder's files (searches and training runs share the names; see each harness for what it writes).
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
@@ -236,12 +235,12 @@ class Harness:
     noun = "search"             # "does not match this <noun>"
     config_class: type = None   # the config class (resume re-reads the saved config through it)
 
-    def __init__(self, cfg, out_dir, *, progress: bool = True):
+    def __init__(self, cfg, out_dir, *, progress: bool = True, trackers=()):
         self.cfg = cfg
         self.progress = progress
         self.folder = RunFolder(out_dir, command=self.command, holds=self.holds)
         self.world = distributed.world()
-        self._trackers = build_trackers(cfg)  # a missing tracker package fails here, before the folder is made
+        self._trackers = list(trackers)  # gradnas.trackers.build_trackers(cfg), attached before the metrics writer
         self.job = None
         self.callbacks: list[Callback] = []
         self.done = 0                 # units finished (and checkpointed)

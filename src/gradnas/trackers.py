@@ -164,16 +164,13 @@ def end_images(run) -> list:
     search, the heat map of its last edge weights, drawn into RUN/plots. Without Graphviz the diagrams are
     skipped with a warning."""
     from gradnas.report.cells import draw_genotype
-    from gradnas.space.genotype import load_genotype
-    from gradnas.run import GENOTYPE_FILE
     out = run.out / "plots"
     images = []
-    genotype_file = run.out / GENOTYPE_FILE
-    if genotype_file.is_file():
-        try:
-            images += [(p.stem, p) for p in draw_genotype(load_genotype(genotype_file), out)]
-        except GradnasError as exc:
-            logger.warning("the trackers get no cell diagram: %s", exc)
+    genotype = getattr(run, "genotype", None) or run.job.genotype()  # a training run's, or a search's derived one
+    try:
+        images += [(p.stem, p) for p in draw_genotype(genotype, out)]
+    except GradnasError as exc:
+        logger.warning("the trackers get no cell diagram: %s", exc)
     weights = getattr(run.job, "model", None)
     weights = weights.edge_weights() if hasattr(weights, "edge_weights") else None
     if weights:  # a search's supernet (a training network has no edge weights)

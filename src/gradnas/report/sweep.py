@@ -34,6 +34,7 @@ from gradnas.errors import GradnasError
 from gradnas.run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 from gradnas.search.loop import check_search_config
 from gradnas.search.methods import method_class
+from gradnas.trackers import check_tracker_names
 
 PLAN_DIR, LOG_FILE, SWEEP_FILE = "plan", "search.log", "sweep.json"
 BACKENDS = ("local", "ray")
@@ -179,6 +180,7 @@ def plan_sweep(base: dict, out_dir, *, grid=None, methods=None, lambdas=None, se
                         cfg = SearchConfig.from_dict(d)
                         # an unknown method fails here, and a grid key no component of this point reads
                         check_search_config(cfg, given=list(grid))
+                        check_tracker_names(cfg.log)
                     except GradnasError as exc:
                         if not grid:
                             raise

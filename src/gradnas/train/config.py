@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from gradnas.config import CONFIG_DIR, SEED_MAX, SEED_MIN, TrackingConfig, build_config, check_log, load_yaml
+from gradnas.config import CONFIG_DIR, SEED_MAX, SEED_MIN, TrackingConfig, build_config, load_yaml
 from gradnas.errors import GradnasError
 from gradnas.space.darts_network import STEMS
 
@@ -130,7 +130,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise GradnasError(f"train config: {message}")
-        check_log(self.log)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

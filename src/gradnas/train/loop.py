@@ -54,6 +54,7 @@ from gradnas.space.darts_network import count_params_m
 from gradnas.space.genotype import Genotype, load_genotype, save_genotype
 from gradnas.train.config import TrainConfig
 from gradnas.train.data import make_train_data
+from gradnas.trackers import build_trackers
 
 
 @torch.no_grad()
@@ -148,7 +149,8 @@ class Training(Harness):
 
     def __init__(self, cfg: TrainConfig, genotype: Genotype, out_dir: str | os.PathLike, *, resume: bool = False,
                  progress: bool = True, callbacks=()):
-        super().__init__(cfg, out_dir, progress=progress)
+        # a tracker's missing package fails here, before the run folder is made
+        super().__init__(cfg, out_dir, progress=progress, trackers=build_trackers(cfg))
         self.genotype = genotype
         dataset_key(cfg.data.dataset)  # fail fast, before the run folder is made
         check_callback_names(cfg.callbacks)
