@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import math
 import os
 import shutil
@@ -42,6 +43,7 @@ from gradnas.signals import Interrupted, StopAtOnce, StopOnSignal
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
 CHECKPOINT_FILE, GENOTYPE_FILE, SUMMARY_FILE = "checkpoint.pt", "genotype.json", "summary.json"
 NETWORK_FILE, BEST_GENOTYPE_FILE = "network.json", "best-genotype.json"
+logger = logging.getLogger(__name__)
 LOCK_FILE = ".lock"  # held (flock) by the one process writing the folder; it holds that process's pid
 
 
@@ -474,6 +476,9 @@ class Harness:
 
     def _run(self, stop_after) -> dict:
         job, total = self.job, self.job.units()
+        logger.debug("%s in %s: %s %d of %d next, on %s (%d process(es)), callbacks: %s", self.command, self.out,
+                     job.unit, self.done + 1, total, getattr(job, "device", "?"), self.world.size,
+                     ", ".join(type(cb).__name__ for cb in self.callbacks))
         for cb in self.callbacks:
             cb.on_start(self)
         getattr(job, "start", lambda run: None)(self)

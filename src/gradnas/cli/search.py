@@ -21,7 +21,8 @@ def add_search_parser(sub):
     _add_config_flags(p, grid=False)
     p.add_argument("--out", help="run folder (default: runs/<method>-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars (bars show only "
+                                                        "on a terminal)")
     add_launch_flags(p)
     return p
 
@@ -149,7 +150,7 @@ def add_sweep_parser(sub):
                                                                     "threads unless --threads is given)")
     p.add_argument("--gpus-per-run", type=float, metavar="N", help="ray: GPUs each run holds (default 0; a fraction "
                                                                     "shares a GPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
     _add_config_flags(p, grid=True)
     return p
 

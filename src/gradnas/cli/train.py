@@ -49,7 +49,8 @@ def add_parser(sub):
     add_tracker_flags(p)
     p.add_argument("--out", help="run folder (default: runs/train-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the training in RUN_DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars (bars show only "
+                                                        "on a terminal)")
     add_launch_flags(p)
     return p
 

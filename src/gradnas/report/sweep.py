@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import os
 import re
 import subprocess
@@ -36,6 +37,7 @@ from gradnas.search.loop import check_search_config
 from gradnas.search.methods import method_class
 from gradnas.trackers import check_tracker_names
 
+logger = logging.getLogger(__name__)
 PLAN_DIR, LOG_FILE, SWEEP_FILE = "plan", "search.log", "sweep.json"
 BACKENDS = ("local", "ray")
 # grid keys that are the shorthands' axes (plan_sweep's methods, lambdas, seeds)
@@ -324,7 +326,7 @@ def run_sweep(runs: list, out_dir, *, jobs: int | None = None, progress: bool = 
           f"{counts['start']} to start), {at_once}"
           + (f", {threads} thread(s) each" if threads else ""), file=sys.stderr)
     bar = tqdm(total=sum(r.epochs for r in runs), initial=sum(min(_epochs_done(r), r.epochs) for r in runs),
-               unit="epoch", desc="sweep", disable=not progress or None, leave=False)
+               unit="epoch", desc="sweep", disable=None if progress else True, leave=False)
 
     def show_progress():
         done = sum(min(_epochs_done(r), r.epochs) for r in runs)
@@ -336,7 +338,9 @@ def run_sweep(runs: list, out_dir, *, jobs: int | None = None, progress: bool = 
         with open(run.path / LOG_FILE, "a") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {run.state} ===\n")
         tqdm.write(f"[{run.state}] {run.name}", file=sys.stderr)
-        return _command(run, plan_dir / f"{run.name}.yaml", threads, plugins)
+        cmd = _command(run, plan_dir / f"{run.name}.yaml", threads, plugins)
+        logger.debug("%s: %s", run.name, " ".join(cmd))
+        return cmd
 
     def finished(run, returncode, seconds):
         if returncode == 0:

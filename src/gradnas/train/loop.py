@@ -309,7 +309,7 @@ class Trainer:
             if drop_path_gen is not None:
                 drop_path_gen.set_state(self._partial["drop_path_rng"])
         bar = tqdm(self.data.epoch(epoch, start), total=self.data.steps, initial=start,
-                   disable=not (run.progress and run.is_main),
+                   disable=None if run.progress and run.is_main else True,
                    leave=False, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
         for step, (x, y) in enumerate(bar, start):
             if cfg.channels_last:
