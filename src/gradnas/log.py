@@ -55,7 +55,10 @@ def cli_logging(verbosity: int = NORMAL, *, rank: int = 0):
     level = _LEVELS[max(QUIET, min(VERBOSE, verbosity))] if rank == 0 else logging.ERROR
     handler = TqdmHandler(level=level)
     handler.setFormatter(MessageFormat())
+    outer = [h for h in logger.handlers if isinstance(h, TqdmHandler)]  # a command run inside another's scope
     saved = logger.level, logger.propagate
+    for h in outer:
+        logger.removeHandler(h)
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False  # said once, here, not again by a root handler the application set up
@@ -63,5 +66,7 @@ def cli_logging(verbosity: int = NORMAL, *, rank: int = 0):
         yield
     finally:
         logger.removeHandler(handler)
+        for h in outer:
+            logger.addHandler(h)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
