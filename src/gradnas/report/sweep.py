@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -432,6 +433,8 @@ def _run_on_ray(todo, started, finished, show_progress, *, jobs, address, cpus, 
     """The Ray backend: one task per grid point, ``jobs`` (None: all) in flight, polled every half second."""
     import ray
     ours = not ray.is_initialized()
+    # ray.init installs its own SIGINT / SIGTERM handlers, which outlive ray.shutdown: given back after the sweep
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if ours else {}
     if ours:
         kwargs = {"address": address} if address else {"num_cpus": _cores()}
         try:
@@ -473,6 +476,9 @@ def _run_on_ray(todo, started, finished, show_progress, *, jobs, address, cpus, 
     finally:
         if ours:
             ray.shutdown()
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
 
 
 def _child_env() -> dict:
