@@ -2,6 +2,7 @@
 with 2 CPUs (started once for this module), resumed by a second invocation that skips both points; grid
 values checked before any run starts; the Ray backend's settings refused without it."""
 import json
+import signal
 import sys
 
 import pytest
@@ -15,15 +16,18 @@ from gradnas.report.sweep import plan_sweep
 FMNIST = "/usr/share/datasets/fashion-mnist"
 TINY = ["--dataset", "fashion-mnist", "--data-dir", FMNIST, "--epochs", "1", "--batch-size", "16", "--cells", "3",
         "--channels", "4", "--set", "supernet.nodes=2", "--set", "data.subset=64", "--set", "data.eval_batches=1",
-        "--device", "cpu", "--quiet", "--methods", "darts", "--threads", "1"]
+        "--device", "cpu", "--methods", "darts", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+    for sig, handler in handlers.items():  # ray.init's handlers outlive it; later tests expect the defaults
+        signal.signal(sig, handler)
 
 
 def test_ray_sweep_runs_every_point_compares_and_skips_them_again(local_ray, tmp_path, capsys):
@@ -33,7 +37,8 @@ def test_ray_sweep_runs_every_point_compares_and_skips_them_again(local_ray, tmp
     assert main(args) == 0, capsys.readouterr().err
     names = ["darts-s0-lr0.02", "darts-s0-lr0.05"]
     for name, lr in zip(names, (0.02, 0.05)):
-        assert json.loads((out / name / "summary.json").read_text())["finished"], (out / name / "search.log").read_text()
+        log = (out / name / "search.log").read_text()
+        assert json.loads((out / name / "summary.json").read_text())["finished"], log
         assert yaml.safe_load((out / name / "config.yaml").read_text())["w_optim"]["lr"] == lr
         assert (out / name / "search.log").read_text().count(" start ===") == 1
     md = (out / "compare.md").read_text()

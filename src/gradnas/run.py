@@ -25,12 +25,10 @@ import logging
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 import yaml
-from tqdm import tqdm
 
 from gradnas import distributed
 from gradnas.callbacks import Callback, MetricsWriter, build_callbacks
@@ -405,8 +403,8 @@ class Harness:
     def _load(self, state: dict) -> None:
         self._check_schema(state)
         if state.get("format") in OLD_FORMATS and self.is_main:
-            print(f"gradnas: note: the checkpoint in {self.out} is of the older format {state['format']!r}, which has "
-                  "no checksum, so it is read unverified; the checkpoints this run writes have one", file=sys.stderr)
+            logger.warning(f"the checkpoint in {self.out} is of the older format {state['format']!r}, which has "
+                           "no checksum, so it is read unverified; the checkpoints this run writes have one")
         self.saved_config = state.get("config")
         try:
             self.job.load_state_dict(state)
@@ -501,9 +499,9 @@ class Harness:
                 if self.progress:
                     line = job.progress_line(record)
                     if line:
-                        tqdm.write(line)
+                        logger.info(line)
                     if self.stop is not None:
-                        tqdm.write(f"stopping after {job.unit} {self.done}/{total}: {self.stop['reason']}")
+                        logger.info(f"stopping after {job.unit} {self.done}/{total}: {self.stop['reason']}")
             if self._guard.requested and self.done < total and self.stop is None:  # arrived after the last step
                 raise Interrupted(f"stopped by {self._guard.name} after {job.unit} {self.done}/{total}; its checkpoint "
                                   f"is saved. Continue with:\n  gradnas {self.command} --resume {self.out}",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -11,6 +11,8 @@ from gradnas.cli.common import (add_launch_flags, add_tracker_flags, check_resum
                                 whole_number)
 from gradnas.cli.plugins import portable
 from gradnas.errors import GradnasError
+
+logger = logging.getLogger(__name__)
 
 
 def add_search_parser(sub):
@@ -232,8 +234,7 @@ def run_sweep(args) -> int:
         result = run_grid(runs, args.out, jobs=args.jobs, progress=not args.quiet, plugins=portable(args.plugins),
                           **backend)
     except KeyboardInterrupt:
-        print("\ninterrupted; every run keeps its last finished epoch. Run the same command again to resume.",
-              file=sys.stderr)
+        logger.warning("interrupted; every run keeps its last finished epoch. Run the same command again to resume.")
         return 130
     if result["compare"] is not None:
         print(result["compare"])

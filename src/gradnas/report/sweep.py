@@ -323,9 +323,9 @@ def run_sweep(runs: list, out_dir, *, jobs: int | None = None, progress: bool = 
     at_once = (f"{min(jobs, max(len(todo), 1))} at a time" if backend == "local" else
                f"on Ray, {cpus_per_run or 1:g} CPU(s)" + (f" and {gpus_per_run:g} GPU(s)" if gpus_per_run else "")
                + " per run" + (f", at most {jobs} at a time" if jobs else ""))
-    print(f"sweep: {len(runs)} runs in {out_dir} ({counts['done']} done, {counts['resume']} to resume, "
+    logger.info(f"sweep: {len(runs)} runs in {out_dir} ({counts['done']} done, {counts['resume']} to resume, "
           f"{counts['start']} to start), {at_once}"
-          + (f", {threads} thread(s) each" if threads else ""), file=sys.stderr)
+                + (f", {threads} thread(s) each" if threads else ""))
     bar = tqdm(total=sum(r.epochs for r in runs), initial=sum(min(_epochs_done(r), r.epochs) for r in runs),
                unit="epoch", desc="sweep", disable=None if progress else True, leave=False)
 
@@ -338,7 +338,7 @@ def run_sweep(runs: list, out_dir, *, jobs: int | None = None, progress: bool = 
         run.path.mkdir(parents=True, exist_ok=True)
         with open(run.path / LOG_FILE, "a") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {run.state} ===\n")
-        tqdm.write(f"[{run.state}] {run.name}", file=sys.stderr)
+        logger.info(f"[{run.state}] {run.name}")
         cmd = _command(run, plan_dir / f"{run.name}.yaml", threads, plugins)
         logger.debug("%s: %s", run.name, " ".join(cmd))
         return cmd
@@ -346,15 +346,15 @@ def run_sweep(runs: list, out_dir, *, jobs: int | None = None, progress: bool = 
     def finished(run, returncode, seconds):
         if returncode == 0:
             run.state = "done"
-            tqdm.write(f"[done] {run.name} in {_duration(seconds)}: {_result_line(run)}", file=sys.stderr)
+            logger.info(f"[done] {run.name} in {_duration(seconds)}: {_result_line(run)}")
             return
         failed.append(run)
         try:
             tail = (run.path / LOG_FILE).read_text().strip().splitlines()[-3:]
         except OSError:
             tail = []
-        tqdm.write(f"[failed] {run.name} (exit {returncode}); last lines of {run.path / LOG_FILE}:\n  "
-                   + "\n  ".join(tail), file=sys.stderr)
+        logger.warning(f"[failed] {run.name} (exit {returncode}); last lines of {run.path / LOG_FILE}:\n  "
+                       + "\n  ".join(tail))
 
     failed = []
     try:

@@ -21,9 +21,7 @@ for the per-batch methods' loop (``gradnas.search.gradient.GradientSearch``), ``
 from __future__ import annotations
 
 import functools
-import sys
-
-from tqdm import tqdm
+import logging
 
 from gradnas.benchmark import benchmark_for
 from gradnas.callbacks import Callback
@@ -34,6 +32,8 @@ from gradnas.search.best import BestTracker
 from gradnas.search.probes import Probes
 from gradnas.search.sizes import SizeTracker
 from gradnas.space.genotype import non_learnable_share, save_genotype
+
+logger = logging.getLogger(__name__)
 
 
 class TemperatureSchedule(Callback):
@@ -66,9 +66,9 @@ class CollapseWatch(Callback):
         if warn and run.is_main:  # said once under torchrun
             hint = ("" if cc.lr_decay else "; the single-level paper lowers the weight lr then "
                     "(collapse.lr_decay, --lr-decay-on-collapse)")
-            tqdm.write(f"gradnas: warning: after epoch {run.done}, {share:.0%} of the derived cell's ops are "
-                       f"parameter-free (none, pooling, skip_connect), above collapse.threshold "
-                       f"{cc.threshold:g}: the search may be collapsing{hint}", file=sys.stderr)
+            logger.warning(f"after epoch {run.done}, {share:.0%} of the derived cell's ops are "
+                           f"parameter-free (none, pooling, skip_connect), above collapse.threshold "
+                           f"{cc.threshold:g}: the search may be collapsing{hint}")
         self.last_share = share
         if cc.lr_decay:
             if above and self.lr_decays < cc.max_decays:
@@ -121,9 +121,9 @@ class AlphaWatch(Callback):
             self.warned = True
             record["alpha_range_warning"] = True
             if run.is_main:
-                tqdm.write(f"gradnas: warning: after {run.job.unit} {run.done}, the architecture parameters reach "
-                           f"|alpha| = {biggest:.3g}, beyond {self.limit:g}: their softmax is saturated and the "
-                           f"search has stopped exploring; {self.hint}", file=sys.stderr)
+                logger.warning(f"after {run.job.unit} {run.done}, the architecture parameters reach "
+                               f"|alpha| = {biggest:.3g}, beyond {self.limit:g}: their softmax is saturated and the "
+                               f"search has stopped exploring; {self.hint}")
 
     def state_dict(self):
         return {"warned": self.warned}
