@@ -11,6 +11,15 @@ def _threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _gradnas_messages():
+    """The library's messages (gradnas.log) on stderr as the CLI shows them, for tests that call Search, Training
+    or drive directly and read their warnings (a test of unconfigured library use undoes this)."""
+    from gradnas.log import cli_logging
+    with cli_logging():
+        yield
+
+
 def cli_fails(capsys, argv, *needles):
     """Run the CLI in this process; exactly one error line (warnings aside), exit 2, no traceback, every needle
     in the line, which is returned."""

@@ -50,7 +50,7 @@ def test_a_flipped_byte_is_found_and_the_error_says_how_to_resume_from_the_previ
     assert ckpt.read_bytes() == bytes(data)  # left as it was, for the user to look at
     # the fix the message gives works: the previous checkpoint resumes after epoch 1
     shutil.move(run / "checkpoint.prev.pt", ckpt)
-    assert main(["search", "--resume", str(run), "--quiet"]) == 0
+    assert main(["search", "--resume", str(run)]) == 0  # not --quiet: "resuming ..." is an info line
     assert "after epoch 1/2" in capsys.readouterr().err
     assert load_checkpoint(ckpt)["epoch"] == 2
     assert line
@@ -62,7 +62,7 @@ def test_a_checkpoint_of_the_older_format_without_checksum_still_resumes(capsys,
     state.update(format="gradnas.checkpoint/1", epoch=1)
     torch.save(state, run / "checkpoint.pt")  # what gradnas wrote before checksums: a bare torch.save zip
     (run / "summary.json").unlink()
-    assert main(["search", "--resume", str(run), "--quiet"]) == 0
+    assert main(["search", "--resume", str(run)]) == 0  # not --quiet: "resuming ..." is an info line
     err = capsys.readouterr().err
     assert "older format 'gradnas.checkpoint/1'" in err and "after epoch 1/2" in err
     assert load_checkpoint(run / "checkpoint.pt")["format"] == FORMAT  # rewritten with a checksum

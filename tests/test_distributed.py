@@ -19,10 +19,12 @@ import torch
 import torch.multiprocessing as mp
 
 from gradnas import distributed
+from gradnas.checkpoint import load_checkpoint
 from gradnas.config import SearchConfig
 from gradnas.search import gradient as search_gradient
 from gradnas.search.loop import Search
 from gradnas.train.config import TrainConfig
+from gradnas.train import loop as train_loop
 from gradnas.train.loop import Training
 
 from test_darts_network import random_genotype
@@ -42,7 +44,8 @@ def train_config(data_dir):
     return {"epochs": 2, "batch_size": 8, "seed": 2, "device": "cpu", "threads": 1,
             "data": {"dataset": "imagefolder", "data_dir": str(data_dir), "subset": 32, "crop_padding": 2,
                      "cutout": 4},
-            "network": {"cells": 3, "channels": 4, "auxiliary_weight": 0.4, "drop_path": 0.2}}
+            "network": {"cells": 3, "channels": 4, "auxiliary_weight": 0.4, "drop_path": 0.2},
+            "log": ["csv"], "tracking": {"every_steps": 1}}
 
 
 def _free_port():
@@ -61,11 +64,25 @@ def _worker(rank, world_size, port, root, data_dir):
         summary = search.run()
         train = Training(TrainConfig.from_dict(train_config(data_dir)), GENO, f"{root}/train", progress=False)
         train_summary = train.run()
+        # the same training with the gradients averaged by hand after backward (how gradnas trained before DDP)
+        train_loop.DistributedDataParallel = ExplicitAverage
+        explicit = Training(TrainConfig.from_dict(train_config(data_dir)), GENO, f"{root}/train-explicit",
+                            progress=False)
+        explicit.run()
         torch.save({"search": search.model.state_dict(), "genotype": summary["genotype"],
                     "valid_acc": summary["best_valid_acc"], "train": train.model.state_dict(),
-                    "train_summary": train_summary}, f"{root}/rank{rank}.pt")
+                    "train_summary": train_summary, "train_explicit": explicit.model.state_dict()},
+                   f"{root}/rank{rank}.pt")
     finally:
         distributed.shutdown()
+
+
+def ExplicitAverage(model, **kwargs):
+    """Stands in for DistributedDataParallel: the network itself, each gradient averaged over the ranks once
+    backward has accumulated it."""
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(lambda p: distributed.average_([p.grad]))
+    return model
 
 
 class TwoHalves(torch.nn.Module):
@@ -155,6 +172,24 @@ def test_two_process_training_keeps_ranks_identical(two_process_run):
     assert r0["train_summary"]["test_acc"] == r1["train_summary"]["test_acc"]
     lines = (root / "train" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    # DDP wraps the network for training only: the checkpoint holds the network's own keys (no 'module.')
+    saved = load_checkpoint(root / "train" / "checkpoint.pt")["model"]
+    assert sorted(saved) == sorted(r0["train"]) and not any(k.startswith("module.") for k in saved)
+    # the trackers log on rank 0 only: every epoch's figure once
+    rows = [l.split(",") for l in (root / "train" / "scalars.csv").read_text().splitlines()[1:]]
+    assert [int(step) for step, name, _ in rows if name == "train_loss"] == [4, 8]  # 4 steps of 8 per epoch
+
+
+def test_two_process_ddp_training_averages_as_the_explicit_average(two_process_run):
+    """DDP's bucketed all-reduce trains what averaging every gradient after backward trained (the training loop
+    before DDP): the same weights up to float rounding of the sums."""
+    _, _, (r0, r1) = two_process_run
+    for key, value in r0["train"].items():
+        ref = r0["train_explicit"][key]
+        if value.is_floating_point():
+            assert torch.allclose(value, ref, rtol=1e-5, atol=1e-6), (key, (value - ref).abs().max())
+        else:
+            assert torch.equal(value, ref), key
 
 
 def test_torchrun_cli_and_errors_on_every_rank(tmp_path):
@@ -178,15 +213,16 @@ def test_torchrun_cli_and_errors_on_every_rank(tmp_path):
 
 # -------------------------------------------------------------------------------- failures under torchrun
 
-# Runs gradnas with a fault at the STEP-th gradient average of rank RANK, counted from when the file FAULT_AFTER
-# exists (FAULT: kill = SIGKILL itself, sleep = hang for 60 s, sigint = both ranks get SIGINT, as from Ctrl-C).
+# Runs gradnas with a fault at the STEP-th gradient exchange of rank RANK (a search's gradnas.distributed.average_,
+# a training step's DDP forward, whose backward all-reduces), counted from when the file FAULT_AFTER exists
+# (FAULT: kill = SIGKILL itself, sleep = hang for 60 s, sigint = both ranks get SIGINT, as from Ctrl-C).
 FAULT_DRIVER = """
 import os, signal, sys, time
 import gradnas.distributed as d
 fault, rank, step = os.environ["FAULT"], int(os.environ["FAULT_RANK"]), int(os.environ["FAULT_STEP"])
 after = os.environ.get("FAULT_AFTER")
 real, count = d.average_, [0]
-def average_(tensors):
+def exchange():
     if after is None or os.path.exists(after):
         count[0] += 1
     if count[0] == step and (fault == "sigint" or d.world().rank == rank):
@@ -196,8 +232,16 @@ def average_(tensors):
             time.sleep(60)
         else:
             os.kill(os.getpid(), signal.SIGINT)
+def average_(tensors):
+    exchange()
     return real(tensors)
 d.average_ = average_
+from torch.nn.parallel import DistributedDataParallel as DDP
+ddp_forward = DDP.forward
+def forward(self, *args, **kwargs):
+    exchange()
+    return ddp_forward(self, *args, **kwargs)
+DDP.forward = forward
 from gradnas.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -247,7 +247,7 @@ def test_sigkill_during_a_checkpoint_write_loses_at_most_that_epoch(tmp_path, un
     assert proc.returncode == -signal.SIGKILL
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1  # the previous one, whole
     assert (run / "checkpoint.pt.tmp").exists()  # the torn or unrenamed write, never read
-    _, err = _finish(["search", "--resume", str(run), "--quiet"])
+    _, err = _finish(["search", "--resume", str(run)])  # not --quiet: "resuming ..." is an info line
     assert "resuming" in err and "after epoch 1/3" in err
     _same_state(_final(ref), _final(run))
     assert _metrics(ref) == _metrics(run)

@@ -18,7 +18,11 @@ being ``search.algorithm.pvll``.) Re-recorded for issue 16 (faithful to the pape
 * probes-darts, probes-nb201: ``grad_corr`` is eq. 13's exact form by default (``probes.grad_corr_form``), and
   the lines carry ``grad_corr_form``;
 * pvll-*: the paper's estimator lr 0.1 (was 0.01), eq. 4's soft-weight scaling of the sampled op (``pvll.op_scale:
-  soft``) and eq. 8's weights frozen at entry (``pvll.rescore: false``) change the rounds' results.
+  soft``) and eq. 8's weights frozen at entry (``pvll.rescore: false``) change the rounds' results;
+* every per-batch search case (38, not pvll, not training): the summary gains ``collapse`` (the last cell's
+  parameter-free share, the counted cells, the threshold, whether it ends above it, the epochs above it), which
+  the final lines and report.md state (issue 16 item 5); nothing else changed (checked key by key against the
+  previous recording).
 """
 import hashlib
 import json

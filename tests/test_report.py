@@ -267,7 +267,7 @@ def test_sweep_runs_in_parallel_resumes_and_compares(tmp_path, capsys):
     args = ["sweep", "--out", str(out), "--methods", "single-level,milenas", "--lambdas", "0.5", "--jobs", "2",
             "--dataset", "fashion-mnist", "--data-dir", FMNIST, "--epochs", "1", "--batch-size", "16", "--cells", "3",
             "--channels", "4", "--set", "supernet.nodes=2", "--set", "data.subset=64", "--set", "data.eval_batches=1",
-            "--device", "cpu", "--quiet"]
+            "--device", "cpu"]  # not --quiet: its progress messages are info lines
     assert main(args) == 0
     for name in ("single-level-s0", "milenas-lam0.5-s0"):
         assert json.loads((out / name / "summary.json").read_text())["finished"]

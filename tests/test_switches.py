@@ -14,7 +14,7 @@ from gradnas.cli import build_parser, resolve_search_config
 from gradnas.config import SearchConfig, load_yaml
 from gradnas.data import Augment, PairedBatches, make_search_split
 from gradnas.errors import GradnasError
-from gradnas.search.callbacks import CollapseWatch
+from gradnas.search.callbacks import CollapseWatch, describe_collapse
 from gradnas.search.loop import Search
 from gradnas.space import build_supernet
 from gradnas.space.genotype import Genotype, NB201Genotype, non_learnable_share
@@ -116,7 +116,11 @@ def test_schedule_switches_at_its_epoch_keeps_state_and_resumes_exactly(tmp_path
         return search
 
     full = build(tmp_path / "full")
-    full.run()
+    summary = full.run()
+    collapse = {"share": 1.0, "cells": "normal", "threshold": 0.3, "collapsed": True, "epochs_above": 2}
+    assert summary["collapse"] == collapse  # said plainly in the summary, the final lines and the report
+    assert "in the derived normal cell: 100%, above collapse.threshold 0.3 (on 2 epoch(s))" in describe_collapse(collapse)
+    assert "within" in describe_collapse({**collapse, "share": 0.25, "collapsed": False})
     steps = len(full.algorithm.batches)
     assert calls == ["darts"] * steps + ["milenas"] * steps
     lines = _metrics(tmp_path / "full")
@@ -133,7 +137,7 @@ def test_schedule_switches_at_its_epoch_keeps_state_and_resumes_exactly(tmp_path
     resumed = build(tmp_path / "resumed", resume=True)
     watch = resumed.callback(CollapseWatch)
     assert (resumed.epoch, resumed.algorithm.lr_scale, watch.lr_scale, watch.lr_decays) == (1, 0.5, 0.5, 1)
-    resumed.run()
+    assert resumed.run()["collapse"] == collapse  # the epochs above the threshold survive the resume
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key

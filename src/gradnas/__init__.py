@@ -7,8 +7,12 @@ found architecture ``load_network`` (a run or genotype as a torch network), ``ex
 ``genotypes`` (the published cells by name, the genotype forms).
 """
 import importlib
+import logging
 
 __version__ = "0.1.0"
+
+# Messages go to the "gradnas" logger (gradnas.log); a library leaves configuring it to the application.
+logging.getLogger("gradnas").addHandler(logging.NullHandler())
 
 # public name -> the module that defines it
 _PUBLIC = {

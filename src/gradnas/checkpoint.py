@@ -19,15 +19,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
-import sys
 import zipfile
 from pathlib import Path
 
 import torch
 
 from gradnas.errors import GradnasError
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "gradnas.checkpoint/2"
 OLD_FORMATS = ("gradnas.checkpoint/1",)  # no checksum; still loaded
@@ -158,8 +160,8 @@ def resume_point(run_dir: str | os.PathLike, *, unit: str, map_location="cpu", m
         return load_checkpoint(run_dir / checkpoint, map_location=map_location)  # or its clear error
     if main:
         (run_dir / metrics).write_text("")
-        print(f"gradnas: {run_dir} has no checkpoint yet (stopped during the first {unit}); starting from "
-              f"{unit} 1", file=sys.stderr)
+        logger.warning(f"{run_dir} has no checkpoint yet (stopped during the first {unit}); starting from "
+                       f"{unit} 1")
     return None
 
 

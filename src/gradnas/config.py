@@ -155,6 +155,25 @@ class CollapseConfig:
                                f"counts), got {self.cells!r}")
 
 
+@dataclass(frozen=True)
+class TrackingConfig:
+    """The experiment trackers a run logs to (``log``: tensorboard, wandb, mlflow, csv; gradnas.trackers).
+
+    ``every_steps``: the running training (and validation) loss and accuracy every that many steps (0: per
+    epoch only); ``mlflow_uri``: the MLflow tracking server or store (None: a file store in RUN/mlruns);
+    ``experiment``: the MLflow experiment and the W&B project."""
+
+    every_steps: int = 50
+    mlflow_uri: str | None = None
+    experiment: str = "gradnas"
+
+    def __post_init__(self):
+        if self.every_steps < 0:
+            raise GradnasError(f"config: tracking.every_steps must be >= 0 (0: per epoch only), got {self.every_steps}")
+        if not self.experiment.strip():
+            raise GradnasError("config: tracking.experiment must be a name, e.g. gradnas")
+
+
 # ---- sections read by the search's callbacks and by method pvll (their code is in gradnas.search)
 
 @dataclass(frozen=True)
@@ -353,6 +372,9 @@ class SearchConfig:
     stop: StopConfig = field(default_factory=StopConfig)
     pvll: PVLLConfig = field(default_factory=PVLLConfig)  # read by method pvll only
     callbacks: tuple = ()                # names of registered callbacks (gradnas.callbacks.register_callback)
+    log: tuple = ()                      # experiment trackers: tensorboard, wandb, mlflow, csv (gradnas.trackers,
+                                         # which checks the names when a run is built)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # sections of registered plug-ins (register_section): section name -> that plug-in's frozen config
     sections: dict = field(default_factory=dict)
 
@@ -453,6 +475,7 @@ class SearchConfig:
         d.update({name: _plain(dataclasses.asdict(value)) for name, value in self.sections.items()})
         d["lambda"] = d.pop("lam")
         d["callbacks"] = list(d["callbacks"])
+        d["log"] = list(d["log"])
         d["supernet"]["ops"] = list(d["supernet"]["ops"])
         d["arch_optim"]["betas"] = list(d["arch_optim"]["betas"])
         d["probes"]["dl_dp_edges"] = list(d["probes"]["dl_dp_edges"])

@@ -30,7 +30,7 @@ SEARCH_FLAGS = {
     "collapse_threshold": "collapse.threshold",
     "stop_at_size": "stop.at_size", "stop_when_smaller": "stop.when_smaller",
     "no_warmup": "pvll.warmup", "uniform_sampling": "pvll.uniform_sampling", "unweighted_loss": "pvll.weighted_loss",
-    "callback": "callbacks",
+    "callback": "callbacks", "log": "log", "log_every": "tracking.every_steps", "mlflow_uri": "tracking.mlflow_uri",
 }
 # cells / channels set the shape of whichever space is searched: its plug-in's shape_keys (space_flags).
 SPACE_SHAPE_FLAGS = ("cells", "channels")
@@ -41,6 +41,7 @@ TRAIN_FLAGS = {
     "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
     "cells": "network.cells", "channels": "network.channels", "lr": "optim.lr", "seed": "seed", "device": "device",
     "threads": "threads", "precision": "precision", "channels_last": "channels_last", "callback": "callbacks",
+    "log": "log", "log_every": "tracking.every_steps", "mlflow_uri": "tracking.mlflow_uri",
 }
 # flag -> dotted training setting key, for timing an evaluation network (`gradnas bench --train`).
 BENCH_TRAIN_FLAGS = {"batch": "batch_size", "cells": "network.cells", "channels": "network.channels"}

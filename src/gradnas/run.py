@@ -21,15 +21,14 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 import yaml
-from tqdm import tqdm
 
 from gradnas import distributed
 from gradnas.callbacks import Callback, MetricsWriter, build_callbacks
@@ -42,6 +41,7 @@ from gradnas.signals import Interrupted, StopAtOnce, StopOnSignal
 CONFIG_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "split.json", "metrics.jsonl"
 CHECKPOINT_FILE, GENOTYPE_FILE, SUMMARY_FILE = "checkpoint.pt", "genotype.json", "summary.json"
 NETWORK_FILE, BEST_GENOTYPE_FILE = "network.json", "best-genotype.json"
+logger = logging.getLogger(__name__)
 LOCK_FILE = ".lock"  # held (flock) by the one process writing the folder; it holds that process's pid
 
 
@@ -235,11 +235,12 @@ class Harness:
     noun = "search"             # "does not match this <noun>"
     config_class: type = None   # the config class (resume re-reads the saved config through it)
 
-    def __init__(self, cfg, out_dir, *, progress: bool = True):
+    def __init__(self, cfg, out_dir, *, progress: bool = True, trackers=()):
         self.cfg = cfg
         self.progress = progress
         self.folder = RunFolder(out_dir, command=self.command, holds=self.holds)
         self.world = distributed.world()
+        self._trackers = list(trackers)  # gradnas.trackers.build_trackers(cfg), attached before the metrics writer
         self.job = None
         self.callbacks: list[Callback] = []
         self.done = 0                 # units finished (and checkpointed)
@@ -345,10 +346,10 @@ class Harness:
         self.folder.unlock()
 
     def _attach(self, job, builtin, callbacks, *, resume: bool, device) -> None:
-        """Attach the job and the callbacks (the job's own, those the config names, those passed in, then the
-        metrics writer), and on resume load the checkpoint into all of them."""
+        """Attach the job and the callbacks (the job's own, those the config names, those passed in, the
+        trackers of the config's ``log``, then the metrics writer), and on resume load the checkpoint into all of them."""
         self.job = job
-        callbacks = [*builtin, *build_callbacks(self.cfg.callbacks, self.cfg), *callbacks]
+        callbacks = [*builtin, *build_callbacks(self.cfg.callbacks, self.cfg), *callbacks, *self._trackers]
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise GradnasError(f"callbacks must be gradnas.callbacks.Callback instances, got {type(cb).__name__}")
@@ -402,8 +403,8 @@ class Harness:
     def _load(self, state: dict) -> None:
         self._check_schema(state)
         if state.get("format") in OLD_FORMATS and self.is_main:
-            print(f"gradnas: note: the checkpoint in {self.out} is of the older format {state['format']!r}, which has "
-                  "no checksum, so it is read unverified; the checkpoints this run writes have one", file=sys.stderr)
+            logger.warning(f"the checkpoint in {self.out} is of the older format {state['format']!r}, which has "
+                           "no checksum, so it is read unverified; the checkpoints this run writes have one")
         self.saved_config = state.get("config")
         try:
             self.job.load_state_dict(state)
@@ -473,6 +474,9 @@ class Harness:
 
     def _run(self, stop_after) -> dict:
         job, total = self.job, self.job.units()
+        logger.debug("%s in %s: %s %d of %d next, on %s (%d process(es)), callbacks: %s", self.command, self.out,
+                     job.unit, self.done + 1, total, getattr(job, "device", "?"), self.world.size,
+                     ", ".join(type(cb).__name__ for cb in self.callbacks))
         for cb in self.callbacks:
             cb.on_start(self)
         getattr(job, "start", lambda run: None)(self)
@@ -495,9 +499,9 @@ class Harness:
                 if self.progress:
                     line = job.progress_line(record)
                     if line:
-                        tqdm.write(line)
+                        logger.info(line)
                     if self.stop is not None:
-                        tqdm.write(f"stopping after {job.unit} {self.done}/{total}: {self.stop['reason']}")
+                        logger.info(f"stopping after {job.unit} {self.done}/{total}: {self.stop['reason']}")
             if self._guard.requested and self.done < total and self.stop is None:  # arrived after the last step
                 raise Interrupted(f"stopped by {self._guard.name} after {job.unit} {self.done}/{total}; its checkpoint "
                                   f"is saved. Continue with:\n  gradnas {self.command} --resume {self.out}",

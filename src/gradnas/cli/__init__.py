@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_option(parser, before_command=True)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS.values():
-        plugins.add_option(command.add_parser(sub), before_command=False)
+        p = command.add_parser(sub)
+        plugins.add_option(p, before_command=False)
+        p.add_argument("-v", "--verbose", action="count", default=0,
+                       help="debug messages too (what runs where, the commands a sweep starts)")
     return parser
 
 
@@ -62,4 +65,8 @@ def main(argv=None) -> int:
         plugins.load(args.plugins)  # inside the guard: a plugin that fails to import is one error line
         return COMMANDS[args.command].run(args)
 
-    return guarded(run)
+    from gradnas import distributed
+    from gradnas.log import QUIET, cli_logging
+    verbosity = QUIET if getattr(args, "quiet", False) else args.verbose
+    with cli_logging(verbosity, rank=distributed.launch_rank()):
+        return guarded(run)

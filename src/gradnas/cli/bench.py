@@ -1,11 +1,13 @@
 """`gradnas bench`: time search steps of each method, or (--train) training steps of an evaluation network."""
 from __future__ import annotations
 
-import sys
+import logging
 
 from gradnas import overrides
 from gradnas.cli.genotype import DARTS_V2
 from gradnas.errors import GradnasError
+
+logger = logging.getLogger(__name__)
 
 # Input shape and classes of the datasets a setting may name (imagefolder: those of ImageNet).
 BENCH_INPUTS = {"cifar10": ((3, 32, 32), 10), "fashion-mnist": ((1, 28, 28), 10)}
@@ -65,8 +67,8 @@ def _bench_train(args, device: str):
     layouts = [x.strip() for x in (args.channels_last or "off,on").split(",") if x.strip()]
     if not layouts or any(x not in formats for x in layouts):
         raise GradnasError(f"--channels-last {args.channels_last!r}: give off, on or off,on")
-    print(f"gradnas bench --train: {genotype.space} network, {cfg.network.cells} cells, {cfg.network.channels} "
-          f"channels, batch {cfg.batch_size} of {'x'.join(map(str, shape))}, device {device}", file=sys.stderr)
+    logger.info(f"gradnas bench --train: {genotype.space} network, {cfg.network.cells} cells, {cfg.network.channels} "
+                f"channels, batch {cfg.batch_size} of {'x'.join(map(str, shape))}, device {device}")
     return run_train_bench(genotype=genotype.to_string(), config=cfg.to_dict(), input_shape=shape, classes=classes,
                            batch=cfg.batch_size, steps=args.steps, warmup=args.warmup, device=device,
                            threads=args.threads, precisions=precisions,
@@ -86,8 +88,8 @@ def run(args) -> int:
         space, relax, batch, channels = args.space or "darts", args.relax or "softmax", args.batch or 64, \
             args.channels or 16
         methods = [m.strip() for m in (args.methods or BENCH_METHODS).split(",") if m.strip()]
-        print(f"gradnas bench: space {space}, relax {relax}, batch {batch}, {args.cells or 'default'} cells, "
-              f"{channels} channels, device {device}", file=sys.stderr)
+        logger.info(f"gradnas bench: space {space}, relax {relax}, batch {batch}, {args.cells or 'default'} cells, "
+                    f"{channels} channels, device {device}")
         result = run_bench(methods=methods, batch=batch, steps=args.steps, warmup=args.warmup, device=device,
                            cells=args.cells, channels=channels, threads=args.threads, space=space, relax=relax)
     write_bench(result, args.out)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import decimal
-import sys
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 from gradnas.errors import GradnasError
 from gradnas.signals import Interrupted
+
+logger = logging.getLogger(__name__)
 
 
 class Command(NamedTuple):
@@ -36,16 +38,16 @@ def guarded(run: Callable[[], int]) -> int:
         if _speaks(exc):
             from gradnas import distributed
             rank = distributed.launch_rank()
-            print(f"gradnas: error: {f'(rank {rank}) ' if rank else ''}{exc}", file=sys.stderr)
+            logger.error(f"{f'(rank {rank}) ' if rank else ''}{exc}")
         return 2
     except OSError as exc:  # a full disk, a folder without write permission, a path that cannot be one
         where = f" ({_shorten(exc.filename)})" if exc.filename else ""
-        print(f"gradnas: error: {exc.strerror or exc}{where}; {_os_fix(exc)}", file=sys.stderr)
+        logger.error(f"{exc.strerror or exc}{where}; {_os_fix(exc)}")
         return 2
     except KeyboardInterrupt as exc:
         from gradnas import distributed
         if distributed.launch_rank() == 0:
-            print("\ngradnas: interrupted", file=sys.stderr)
+            logger.warning("interrupted")
         return getattr(exc, "exit_code", 130)
 
 
@@ -108,6 +110,12 @@ def speaker(is_main: bool) -> Callable:
     return print if is_main else (lambda *a, **k: None)
 
 
+def tell(is_main: bool, message: str, *, level: int = logging.INFO) -> None:
+    """A message of the main process to the ``gradnas`` logger (under torchrun the other processes stay silent)."""
+    if is_main:
+        logger.log(level, message)
+
+
 def drive(run, *, resumed: bool, say: Callable) -> dict | int:
     """Run a search or training harness (``gradnas.run.Harness``) the CLI's way: say where a resumed run
     continues, stop cleanly on SIGINT / SIGTERM (the message names the resume command). Returns the summary, or
@@ -115,14 +123,14 @@ def drive(run, *, resumed: bool, say: Callable) -> dict | int:
     unit, total = run.job.unit, run.job.units()
     if resumed:
         mid = f" and step {run.step} of {unit} {run.done + 1}" if run.step else ""
-        say(f"resuming {run.out} after {unit} {run.done}/{total}{mid}", file=sys.stderr)
+        tell(run.is_main, f"resuming {run.out} after {unit} {run.done}/{total}{mid}")
     from gradnas import distributed
     try:
         return run.run(stop_on_signal=True)
     except Interrupted as stop:
         distributed.mark_stopped()
         distributed.abandon()
-        say(f"\ngradnas: {stop}", file=sys.stderr)
+        tell(run.is_main, str(stop), level=logging.WARNING)
         return stop.exit_code
     except KeyboardInterrupt as stop:  # a second signal, or any signal under torchrun
         distributed.abandon()
@@ -131,10 +139,10 @@ def drive(run, *, resumed: bool, say: Callable) -> dict | int:
             lost = distributed.lost_message(None, where=f"in {unit} {run.done + 1}", resume=run.resume_hint())
             if lost is not None:  # torchrun stopped this rank because another one died
                 if lost:
-                    print(f"gradnas: error: {lost}", file=sys.stderr)
+                    logger.error(lost)
                 return 2
             distributed.mark_stopped()
-        say(f"\ninterrupted ({(stop.args or ('SIGINT',))[0]}); {run.resume_hint()}", file=sys.stderr)
+        tell(run.is_main, f"interrupted ({(stop.args or ('SIGINT',))[0]}); {run.resume_hint()}", level=logging.WARNING)
         return code
 
 
@@ -143,6 +151,28 @@ def add_launch_flags(p) -> None:
     p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
                    help="torchrun: seconds a process waits for the others in a collective before the run stops with "
                         "an error (default $GRADNAS_DIST_TIMEOUT, else 300)")
+
+
+def _log_list(text: str) -> list:
+    from gradnas.trackers import parse_log
+    return parse_log(text)
+
+
+def add_tracker_flags(p) -> None:
+    """--log, --log-every, --mlflow-uri: the experiment trackers of a search or training run (saved in config.yaml,
+    so --resume logs into the same tracker runs)."""
+    g = p.add_argument_group("trackers", "Experiment trackers (gradnas.trackers): every number of each epoch's "
+                                         "metrics, the running loss and accuracy every --log-every steps, and at "
+                                         "the end the genotype and the cell images.")
+    g.add_argument("--log", type=_log_list, metavar="TRACKERS",
+                   help="comma-separated: tensorboard (RUN/tensorboard), wandb (offline in RUN/wandb unless "
+                        "WANDB_MODE says otherwise), mlflow (RUN/mlruns or --mlflow-uri), csv (RUN/scalars.csv); "
+                        "pip install 'gradnas[trackers]' for the first three")
+    g.add_argument("--log-every", type=whole_number, metavar="N",
+                   help="log the running loss and accuracy every N steps (tracking.every_steps, default 50; 0: per "
+                        "epoch only)")
+    g.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking server or store (tracking.mlflow_uri; "
+                                                        "default: a file store in RUN/mlruns)")
 
 
 def check_resume_out(args) -> None:

@@ -2,7 +2,9 @@
 TorchScript (gradnas.export)."""
 from __future__ import annotations
 
-import sys
+import logging
+
+logger = logging.getLogger(__name__)
 
 EPILOG = ("state_dict: torch.load(FILE, weights_only=True) into gradnas.load_network(RUN, weights=False); pt2: "
           "torch.export.load(FILE).module(); onnx: onnxruntime.InferenceSession(FILE) (input 'images'); "
@@ -34,7 +36,7 @@ def run(args) -> int:
     path, plan = export_source(args.run, args.out, format=args.format, pick=args.pick)
     c, h, w = plan.input_shape
     weights = "trained weights" if plan.checkpoint is not None else "untrained, initial weights"
-    print(f"exported the {plan.kind}'s network ({weights}; {plan.genotype.space} genotype, input N x {c} x {h} x "
-          f"{w}, {plan.num_classes} classes) as {args.format} to {path}", file=sys.stderr)
+    logger.info(f"exported the {plan.kind}'s network ({weights}; {plan.genotype.space} genotype, input N x {c} x {h} "
+                f"x {w}, {plan.num_classes} classes) as {args.format} to {path}")
     print(path)
     return 0

@@ -2,13 +2,15 @@
 and `gradnas lookup` (its NAS-Bench-201 accuracy)."""
 from __future__ import annotations
 
-import sys
+import logging
 
 from gradnas import overrides
 from gradnas.cli.common import read_genotype
 from gradnas.errors import GradnasError
 from gradnas.genotypes import FORMS
 from gradnas.space.published import PUBLISHED
+
+logger = logging.getLogger(__name__)
 
 # The DARTS paper's cell (DARTS_V2), the default genotype of `gradnas bench --train`: from the table of
 # published cells (gradnas.genotypes.named()), as its canonical string.
@@ -66,7 +68,7 @@ def run_genotype(args) -> int:
     print(to_form(geno, args.to or "gradnas"))
     if args.json:
         save_genotype(geno, args.json)
-        print(f"written {args.json}", file=sys.stderr)
+        logger.info(f"written {args.json}")
     return 0
 
 

@@ -1,10 +1,12 @@
 """The commands that read finished (or unfinished) runs: plot, draw, report, sizes and compare."""
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 from gradnas.cli.common import is_dir, read_genotype
+
+logger = logging.getLogger(__name__)
 
 
 def add_plot_parser(sub):
@@ -76,9 +78,9 @@ def run_plot(args) -> int:
 def _print_notes(missing, warnings) -> None:
     if missing:
         flags = ", ".join("--probe-" + m.replace("_", "-") for m in missing)
-        print(f"not recorded in this run: {', '.join(missing)} (search with {flags} to get them)", file=sys.stderr)
+        logger.info(f"not recorded in this run: {', '.join(missing)} (search with {flags} to get them)")
     for warning in warnings:
-        print(f"gradnas: warning: {warning}", file=sys.stderr)
+        logger.warning(warning)
 
 
 def run_draw(args) -> int:
@@ -109,8 +111,8 @@ def run_sizes(args) -> int:
     run = load_run(args.run_dir, kinds=(SEARCH,), command="`gradnas sizes` (the model sizes a search went through)")
     epochs, entries, recorded = size_records(run)
     if not recorded:
-        print(f"gradnas: note: {run.path} has no model-size records (searched before gradnas tracked them); sizes "
-              "computed from metrics.jsonl, no genotype files", file=sys.stderr)
+        logger.warning(f"{run.path} has no model-size records (searched before gradnas tracked them); sizes "
+                       "computed from metrics.jsonl, no genotype files")
     stop = stop_record(run)
     print(f"model sizes of {run.path} ({len(epochs)} epochs; N,R = conv ops in the normal, reduction cell; params "
           "of the evaluation network, CIFAR setting):")

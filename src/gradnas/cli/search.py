@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from datetime import datetime
 from pathlib import Path
 
 from gradnas import overrides
-from gradnas.cli.common import add_launch_flags, check_resume_out, drive, process_group, speaker, whole_number
+from gradnas.cli.common import (add_launch_flags, add_tracker_flags, check_resume_out, drive, process_group, speaker,
+                                whole_number)
 from gradnas.cli.plugins import portable
 from gradnas.errors import GradnasError
+
+logger = logging.getLogger(__name__)
 
 
 def add_search_parser(sub):
@@ -20,7 +23,8 @@ def add_search_parser(sub):
     _add_config_flags(p, grid=False)
     p.add_argument("--out", help="run folder (default: runs/<method>-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars (bars show only "
+                                                        "on a terminal)")
     add_launch_flags(p)
     return p
 
@@ -98,6 +102,7 @@ def _add_config_flags(p, *, grid: bool):
                         "module with --plugin); repeatable; saved in config.yaml, so --resume attaches it again")
     p.add_argument("--threads", type=whole_number, help="CPU threads (default: all cores)" if not grid else
                    "CPU threads per run (default: the cores divided among --jobs)")
+    add_tracker_flags(p)
     g = p.add_argument_group(
         "probes", "Optional per-epoch measurements, recorded in metrics.jsonl and drawn by `gradnas plot`; all off "
                   "by default, and none changes the search. The relaxed op weights of every edge are always "
@@ -132,17 +137,31 @@ def _size_arg(text: str) -> list:
 
 def add_sweep_parser(sub):
     p = sub.add_parser("sweep", help="run a grid of searches, then compare them",
-                       description="Run a grid of searches (methods x lambdas x seeds), one after another or "
-                                   "--jobs at a time, each in OUT/<name> with its log in search.log, then write "
-                                   "OUT/compare.md. Run the same command again to resume: finished runs are "
-                                   "skipped, interrupted ones continue from their checkpoint. Every search flag "
-                                   "and --set applies to all runs.")
+                       description="Run a grid of searches (methods x lambdas x seeds x --grid keys), one after "
+                                   "another, --jobs at a time, or as Ray tasks (--backend ray), each in OUT/<name> "
+                                   "with its log in search.log, then write OUT/compare.md. Run the same command "
+                                   "again to resume: finished runs are skipped, interrupted ones continue from "
+                                   "their checkpoint. Every search flag and --set applies to all runs.")
     p.add_argument("--out", required=True, help="sweep folder; one run folder per grid point inside")
     p.add_argument("--methods", help="comma-separated, e.g. single-level,milenas,darts (default: the config's)")
     p.add_argument("--lambdas", help="comma-separated MiLeNAS lambdas, e.g. 0.1,1,999 (milenas runs only)")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the config's)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, as parallel processes (default 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a grid axis over any config key, values read as --set reads them, e.g. --grid "
+                        "w_optim.lr=0.01,0.025 --grid stop.at_size=[6,0],[4,0] (repeatable; run names get one part "
+                        "per key with more than one value)")
+    p.add_argument("--jobs", type=whole_number, help="runs at a time (local: parallel processes, default 1; ray: "
+                                                      "default as many as the cluster's resources allow)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: subprocesses on this machine (default); ray: one Ray task per grid point (pip "
+                        "install 'gradnas[ray]')")
+    p.add_argument("--address", help="ray: the cluster to run on ('auto', HOST:PORT or ray://HOST:PORT; default: a "
+                                     "local Ray started for the sweep); --out must be on a filesystem every node sees")
+    p.add_argument("--cpus-per-run", type=float, metavar="N", help="ray: CPUs each run holds (default 1; also its "
+                                                                    "threads unless --threads is given)")
+    p.add_argument("--gpus-per-run", type=float, metavar="N", help="ray: GPUs each run holds (default 0; a fraction "
+                                                                    "shares a GPU)")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
     _add_config_flags(p, grid=True)
     return p
 
@@ -218,16 +237,19 @@ def _csv(text, kind, flag):
 
 def run_sweep(args) -> int:
     from gradnas.config import load_yaml
-    from gradnas.report.sweep import plan_sweep, run_sweep as run_grid
+    from gradnas.report.sweep import check_backend, parse_grid, plan_sweep, run_sweep as run_grid
+    backend = dict(backend=args.backend, address=args.address, cpus_per_run=args.cpus_per_run,
+                   gpus_per_run=args.gpus_per_run)
+    check_backend(jobs=args.jobs, **backend)  # before any run folder is made
     base = overrides.apply_search_overrides(load_yaml(args.config or overrides.DEFAULT_CONFIG), search_flags(args),
                                             args.set)
-    runs = plan_sweep(base, args.out, methods=_csv(args.methods, str, "--methods"),
+    runs = plan_sweep(base, args.out, grid=parse_grid(args.grid), methods=_csv(args.methods, str, "--methods"),
                       lambdas=_csv(args.lambdas, float, "--lambdas"), seeds=_csv(args.seeds, int, "--seeds"))
     try:
-        result = run_grid(runs, args.out, jobs=args.jobs, progress=not args.quiet, plugins=portable(args.plugins))
+        result = run_grid(runs, args.out, jobs=args.jobs, progress=not args.quiet, plugins=portable(args.plugins),
+                          **backend)
     except KeyboardInterrupt:
-        print("\ninterrupted; every run keeps its last finished epoch. Run the same command again to resume.",
-              file=sys.stderr)
+        logger.warning("interrupted; every run keeps its last finished epoch. Run the same command again to resume.")
         return 130
     if result["compare"] is not None:
         print(result["compare"])

@@ -7,7 +7,8 @@ from datetime import datetime
 from pathlib import Path
 
 from gradnas import overrides
-from gradnas.cli.common import add_launch_flags, check_resume_out, drive, process_group, speaker, whole_number
+from gradnas.cli.common import (add_launch_flags, add_tracker_flags, check_resume_out, drive, process_group, speaker,
+                                whole_number)
 from gradnas.errors import GradnasError
 
 
@@ -46,9 +47,11 @@ def add_parser(sub):
                    help="attach a callback registered under NAME (gradnas.callbacks.register_callback; import its "
                         "module with --plugin); repeatable; saved in config.yaml, so --resume attaches it again")
     p.add_argument("--threads", type=whole_number, help="CPU threads (default: all cores)")
+    add_tracker_flags(p)
     p.add_argument("--out", help="run folder (default: runs/train-<dataset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the training in RUN_DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars (bars show only "
+                                                        "on a terminal)")
     add_launch_flags(p)
     return p
 

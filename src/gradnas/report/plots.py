@@ -512,3 +512,24 @@ def plot_sizes(run, out_dir, *, epochs: list, entries: list, stop: dict | None =
         ax.grid(alpha=0.3)
         paths.append(save(fig, out_dir / "sizes-accuracy.png"))
     return paths
+
+
+def plot_edge_heatmap(edge_weights: dict, out_dir, *, title: str = "") -> list:
+    """edge-heatmap-<kind>.png per cell kind: the relaxed op weights of every edge (rows) and op (columns) as a
+    heat map, e.g. of a search's last epoch (``edge_weights`` as the metrics record holds them)."""
+    paths = []
+    for kind, edges in edge_weights.items():
+        names = list(edges)
+        ops = list(next(iter(edges.values()), {}))
+        if not names or not ops:
+            continue
+        values = [[edges[n].get(op, float("nan")) for op in ops] for n in names]
+        fig = Figure(figsize=(0.7 * len(ops) + 2.2, 0.32 * len(names) + 1.6))
+        ax = fig.subplots()
+        image = ax.imshow(values, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(ops)), ops, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), [f"edge {n}" for n in names], fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.05)
+        ax.set_title(f"{title}: op weights, {kind} cells" if title else f"op weights, {kind} cells", fontsize=9)
+        paths.append(save(fig, Path(out_dir) / f"edge-heatmap-{kind}.png"))
+    return paths

@@ -9,15 +9,17 @@ Missing optional pieces are None; a folder that is not a run, or not the kind a 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradnas.config import read_yaml_file
 from gradnas.errors import GradnasError
 from gradnas.run import CONFIG_FILE, GENOTYPE_FILE, METRICS_FILE, NETWORK_FILE, SUMMARY_FILE, config_kind
+
+logger = logging.getLogger(__name__)
 
 SIZES_INDEX = "sizes/index.json"  # written by the model-size based search, when it ran
 SEARCH, TRAINING = "search", "training"
@@ -240,8 +242,8 @@ def read_metrics(metrics_path: Path) -> list:
             metrics.append(_finite(record))
     if skipped:
         where = ", ".join(str(n) for n, _ in skipped)
-        print(f"gradnas: warning: {metrics_path} line{'s' if len(skipped) > 1 else ''} {where} skipped: "
-              f"{skipped[0][1]}{' (and more)' if len(skipped) > 1 else ''}", file=sys.stderr)
+        logger.warning(f"{metrics_path} line{'s' if len(skipped) > 1 else ''} {where} skipped: "
+                       f"{skipped[0][1]}{' (and more)' if len(skipped) > 1 else ''}")
     return metrics
 
 

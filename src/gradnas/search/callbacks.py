@@ -21,9 +21,7 @@ for the per-batch methods' loop (``gradnas.search.gradient.GradientSearch``), ``
 from __future__ import annotations
 
 import functools
-import sys
-
-from tqdm import tqdm
+import logging
 
 from gradnas.benchmark import benchmark_for
 from gradnas.callbacks import Callback
@@ -34,6 +32,8 @@ from gradnas.search.best import BestTracker
 from gradnas.search.probes import Probes
 from gradnas.search.sizes import SizeTracker
 from gradnas.space.genotype import non_learnable_share, save_genotype
+
+logger = logging.getLogger(__name__)
 
 
 class TemperatureSchedule(Callback):
@@ -81,9 +81,9 @@ class CollapseWatch(Callback):
                     "(collapse.lr_decay, --lr-decay-on-collapse)")
             two = hasattr(run.job.last_genotype, "normal")  # a normal and a reduction cell (DARTS)
             which = "cell's" if not two else "normal cell's" if cc.cells == "normal" else "cells'"
-            tqdm.write(f"gradnas: warning: after epoch {run.done}, {share:.0%} of the derived {which} ops are "
-                       f"parameter-free (none, pooling, skip_connect), above collapse.threshold "
-                       f"{cc.threshold:g}: the search may be collapsing{hint}", file=sys.stderr)
+            logger.warning(f"after epoch {run.done}, {share:.0%} of the derived {which} ops are "
+                           f"parameter-free (none, pooling, skip_connect), above collapse.threshold "
+                           f"{cc.threshold:g}: the search may be collapsing{hint}")
         self.last_share = share
         self.epochs_above += int(above)
         if cc.lr_decay:
@@ -147,9 +147,9 @@ class AlphaWatch(Callback):
             self.warned = True
             record["alpha_range_warning"] = True
             if run.is_main:
-                tqdm.write(f"gradnas: warning: after {run.job.unit} {run.done}, the architecture parameters reach "
-                           f"|alpha| = {biggest:.3g}, beyond {self.limit:g}: their softmax is saturated and the "
-                           f"search has stopped exploring; {self.hint}", file=sys.stderr)
+                logger.warning(f"after {run.job.unit} {run.done}, the architecture parameters reach "
+                               f"|alpha| = {biggest:.3g}, beyond {self.limit:g}: their softmax is saturated and the "
+                               f"search has stopped exploring; {self.hint}")
 
     def state_dict(self):
         return {"warned": self.warned}

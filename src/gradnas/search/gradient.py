@@ -183,7 +183,7 @@ class GradientSearch(SearchAlgorithm):
             self._restore_streams(self._partial)
             t0 -= float(self._partial.get("elapsed", 0.0))
         bar = tqdm(self.batches.epoch(epoch, start), total=steps, initial=start,
-                   disable=not (run.progress and run.is_main), leave=False,
+                   disable=None if run.progress and run.is_main else True, leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
         for step, (train_batch, val_batch) in enumerate(bar, start):
             if self.world.size > 1:  # this rank's slice of the global batch

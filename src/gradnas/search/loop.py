@@ -32,6 +32,7 @@ from gradnas.search.algorithm import METHODS, SearchAlgorithm, method_class
 from gradnas.search.gradient import GradientSearch, build_optimizers  # noqa: F401  (public here too)
 from gradnas.search.methods import ArchOptimizer
 from gradnas.space import SPACES, get_space
+from gradnas.trackers import build_trackers
 
 
 @dataclass
@@ -157,7 +158,8 @@ class Search(Harness):
 
     def __init__(self, cfg: SearchConfig, out_dir: str | os.PathLike, *, resume: bool = False,
                  progress: bool = True, callbacks=(), explicit_keys=None):
-        super().__init__(cfg, out_dir, progress=progress)
+        # a tracker's missing package fails here, before the run folder is made
+        super().__init__(cfg, out_dir, progress=progress, trackers=build_trackers(cfg))
         algorithm = check_search_config(cfg, given=explicit_keys, components=not resume)  # before any data is read
         set_threads(cfg.threads)
         if self.world.size > 1 and not algorithm.distributed:

@@ -324,7 +324,8 @@ class PVLLSearch(SearchAlgorithm):
     # -- the rounds
     def start(self, run) -> None:
         self.run = run
-        self._bar = tqdm(total=len(self.plan), initial=run.done, disable=not run.progress, unit="round", desc="pvll")
+        self._bar = tqdm(total=len(self.plan), initial=run.done, disable=None if run.progress else True, unit="round",
+                         desc="pvll")
 
     def end(self, run) -> None:
         if self._bar is not None:

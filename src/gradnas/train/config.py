@@ -15,7 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from gradnas.config import CONFIG_DIR, SEED_MAX, SEED_MIN, build_config, load_yaml
+from gradnas.config import CONFIG_DIR, SEED_MAX, SEED_MIN, TrackingConfig, build_config, load_yaml
 from gradnas.errors import GradnasError
 from gradnas.space.darts_network import STEMS
 
@@ -78,6 +78,8 @@ class TrainConfig:
     precision: str = "fp32"              # fp32 or bf16 (autocast; weights and optimizer stay fp32)
     channels_last: bool = False          # NHWC memory format for activations and weights
     callbacks: tuple = ()                # names of registered callbacks (gradnas.callbacks.register_callback)
+    log: tuple = ()                      # experiment trackers: tensorboard, wandb, mlflow, csv (gradnas.trackers)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -142,6 +144,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["callbacks"] = list(d["callbacks"])
+        d["log"] = list(d["log"])
         for key in ("mean", "std"):
             if d["data"][key] is not None:
                 d["data"][key] = list(d["data"][key])

@@ -8,8 +8,13 @@ top-5 with more than 10 classes) accuracy, one line in metrics.jsonl and an atom
 augmentation and drop-path masks depend only on (seed, epoch[, rank]), so a resumed run continues
 exactly as if it had never stopped.
 
-Under torchrun each rank takes its slice of every global batch, gradients are averaged over the ranks,
-the test set is split over the ranks and its sums added up; only rank 0 writes the run folder.
+Under torchrun each rank takes its slice of every global batch and the network trains inside
+``torch.nn.parallel.DistributedDataParallel`` (gloo on CPU, NCCL on CUDA): the gradient all-reduce runs in
+buckets overlapped with the backward pass. BatchNorm statistics stay per rank (``broadcast_buffers=False``)
+and are averaged after every epoch, as before; every parameter takes part in every step (the auxiliary head
+exists only when its loss is on, drop path scales a path by zero rather than skipping it), so DDP needs no
+``find_unused_parameters``. The test set is split over the ranks and its sums added up; checkpoints and
+best.pt hold the unwrapped network's weights (no ``module.`` prefix); only rank 0 writes the run folder.
 
 :class:`Training` is the run harness of a training run (``gradnas.run.Harness``: run folder, checkpoints,
 resume, signals, callbacks); :class:`Trainer` is the job it drives, one epoch per unit.
@@ -26,12 +31,14 @@ split.json and best.pt (with a validation split), summary.json (when finished).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import time
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
@@ -47,6 +54,7 @@ from gradnas.space.darts_network import count_params_m
 from gradnas.space.genotype import Genotype, load_genotype, save_genotype
 from gradnas.train.config import TrainConfig, lr_at
 from gradnas.train.data import make_train_data
+from gradnas.trackers import build_trackers
 
 
 @torch.no_grad()
@@ -114,6 +122,16 @@ class BestEpoch(Callback):
         self.best = dict(state["best"]) if state and state.get("best") else None
 
 
+def _data_parallel(model: torch.nn.Module, device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel, its BatchNorm statistics left per rank (averaged after each epoch;
+    rank 0's are not copied to the others before every forward)."""
+    ddp = DistributedDataParallel
+    # torch >= 2.12 names the switch forward_sync_buffers (the buffers are equal at the start: broadcast_state)
+    keep = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+            else {"broadcast_buffers": False})
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **keep)
+
+
 def _step_generator(device, seed: int, epoch: int, rank: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank) % 2**64)
@@ -131,7 +149,8 @@ class Training(Harness):
 
     def __init__(self, cfg: TrainConfig, genotype: Genotype, out_dir: str | os.PathLike, *, resume: bool = False,
                  progress: bool = True, callbacks=()):
-        super().__init__(cfg, out_dir, progress=progress)
+        # a tracker's missing package fails here, before the run folder is made
+        super().__init__(cfg, out_dir, progress=progress, trackers=build_trackers(cfg))
         self.genotype = genotype
         dataset_key(cfg.data.dataset)  # fail fast, before the run folder is made
         check_callback_names(cfg.callbacks)
@@ -204,6 +223,11 @@ class Trainer:
         self.macs_m = distributed.from_main(count_macs_m(self.model, shape, self.device) if self.world.is_main
                                             else None)
         distributed.broadcast_state(self.model)
+        # The training forward passes through DDP on several processes (its all-reduce averages the gradients);
+        # evaluation, checkpoints and exports use the network itself.
+        self.net = self.model
+        if self.world.size > 1:
+            self.net = _data_parallel(self.model, self.device)
         o = cfg.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          weight_decay=o.weight_decay, nesterov=o.nesterov)
@@ -262,9 +286,9 @@ class Trainer:
         aux_weight = self.cfg.network.auxiliary_weight
         with self._autocast():
             if aux_weight > 0:
-                logits, aux = self.model(x, return_aux=True)
+                logits, aux = self.net(x, return_aux=True)
             else:
-                logits, aux = self.model(x), None
+                logits, aux = self.net(x), None
             loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
             total = loss if aux is None else loss + aux_weight * F.cross_entropy(aux.float(), y,
                                                                                  label_smoothing=smoothing)
@@ -288,7 +312,7 @@ class Trainer:
             if drop_path_gen is not None:
                 drop_path_gen.set_state(self._partial["drop_path_rng"])
         bar = tqdm(self.data.epoch(epoch, start), total=self.data.steps, initial=start,
-                   disable=not (run.progress and run.is_main),
+                   disable=None if run.progress and run.is_main else True,
                    leave=False, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
         for step, (x, y) in enumerate(bar, start):
             if cfg.channels_last:
@@ -298,16 +322,16 @@ class Trainer:
             if not math.isfinite(loss_value):
                 raise run.nan_error(epoch, f"training (step {step})")
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            distributed.average_([p.grad for p in params])
+            total.backward()  # under DDP the gradients arrive averaged over the ranks
             if cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
             self.optimizer.step()
+            batch_correct = int((logits.detach().argmax(1) == y).sum())
             loss_sum += loss_value * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
+            correct += batch_correct
             n += len(y)
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{100 * correct / n:.1f}")
-            run.step_end(epoch, step, {"train_loss": loss_value, "train_n": len(y)})
+            run.step_end(epoch, step, {"train_loss": loss_value, "train_correct": batch_correct, "train_n": len(y)})
             if run.signal_requested and step + 1 < self.data.steps:
                 bar.close()
                 # What a resumed step needs besides the weights: the running sums, the global torch RNG and the
