@@ -31,7 +31,7 @@ def test_the_paper_results_the_issue_names_are_shipped():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_spec_runs_end_to_end_at_the_tiny_budget(name, tmp_path):
     out = tmp_path / name
-    result = reproduce(name, out, budget="tiny", in_process=True, progress=False, say=lambda *a, **k: None,
+    result = reproduce(name, out, budget="tiny", in_process=True, progress=False,
                        sets={"threads": 1}, **DATA)
     spec = load_spec(name)
     assert result["failed"] == []

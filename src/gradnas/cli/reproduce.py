@@ -1,10 +1,12 @@
 """`gradnas reproduce NAME|SPEC.yaml --budget tiny|proxy|paper --out DIR` and `gradnas reproduce --list`."""
 from __future__ import annotations
 
-import sys
+import logging
 
 from gradnas.cli.common import whole_number
 from gradnas.errors import GradnasError
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub):
@@ -25,11 +27,19 @@ def add_parser(sub):
                    help="change a search setting of every run (after the spec's own), e.g. --set threads=1")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a training setting of every training run")
-    p.add_argument("--jobs", type=whole_number, default=1, help="searches at a time, as parallel processes")
+    p.add_argument("--jobs", type=whole_number, help="searches at a time (local: parallel processes, default 1; "
+                                                    "ray: default no cap)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="how the searches run, as gradnas sweep runs them: local subprocesses (default) or one Ray "
+                        "task each (pip install 'gradnas[ray]')")
+    p.add_argument("--address", help="ray: the cluster ('auto', HOST:PORT or ray://HOST:PORT; default: a local Ray); "
+                                     "--out must be on a filesystem every node sees")
+    p.add_argument("--cpus-per-run", type=float, metavar="N", help="ray: CPUs each search holds (default 1)")
+    p.add_argument("--gpus-per-run", type=float, metavar="N", help="ray: GPUs each search holds (default 0)")
     p.add_argument("--in-process", action="store_true",
                    help="run the searches one after another in this process (no subprocess start-up each; "
                         "for the tiny budget)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars")
     return p
 
 
@@ -82,10 +92,11 @@ def run(args) -> int:
     try:
         result = reproduce(args.spec, out, budget=args.budget, jobs=args.jobs, in_process=args.in_process,
                            progress=not args.quiet, dataset=args.dataset, data_dir=args.data_dir,
-                           sets=_sets(args.set, "--set"), train_sets=_sets(args.train_set, "--train-set"))
+                           sets=_sets(args.set, "--set"), train_sets=_sets(args.train_set, "--train-set"),
+                           backend=args.backend, address=args.address, cpus_per_run=args.cpus_per_run,
+                           gpus_per_run=args.gpus_per_run)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; every run keeps its last checkpoint. Run the same command again to resume.",
-              file=sys.stderr)
+        logger.warning("interrupted; every run keeps its last checkpoint. Run the same command again to resume.")
         return 130
     for check in result["results"]["expect"]:
         if check["holds"] is not None:

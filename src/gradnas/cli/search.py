@@ -215,8 +215,10 @@ def run_search(args) -> int:
             f"acc {summary['valid_acc']:.2f}%")
     if "collapse" in summary:
         from gradnas.search.callbacks import describe_collapse
-        say(("gradnas: warning: " if summary["collapse"]["collapsed"] else "") + describe_collapse(summary["collapse"]),
-            file=sys.stderr if summary["collapse"]["collapsed"] else sys.stdout)
+        if summary["collapse"]["collapsed"]:
+            logger.warning(describe_collapse(summary["collapse"]))
+        else:
+            say(describe_collapse(summary["collapse"]))
     benchmark = get_space(cfg.space).benchmark
     if benchmark and benchmark.key in summary:
         from gradnas.benchmark import format_benchmark

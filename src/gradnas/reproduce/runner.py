@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from gradnas.report.sweep import PlannedRun, check_existing, run_sweep
 from gradnas.reproduce.measures import MEASURES
 from gradnas.reproduce.spec import Spec, load_spec
 from gradnas.run import CHECKPOINT_FILE, SUMMARY_FILE, write_json, write_text
+
+logger = logging.getLogger(__name__)
 
 PLAN_FILE, REPORT_FILE, RESULTS_FILE = "reproduce.json", "report.md", "results.json"
 SEARCH_DIR, TRAIN_DIR = "search", "train"
@@ -136,7 +138,7 @@ def _finished(path: Path) -> bool:
         return False
 
 
-def run_searches(p: Plan, *, jobs: int = 1, in_process: bool = False, progress: bool = True, say=print,
+def run_searches(p: Plan, *, jobs: int | None = None, in_process: bool = False, progress: bool = True,
                  **backend) -> list:
     """Run (or resume) every search of the plan; returns the names that failed. ``in_process``: one after
     another in this process, without a subprocess each (small budgets); else `gradnas sweep`'s runner."""
@@ -151,11 +153,11 @@ def run_searches(p: Plan, *, jobs: int = 1, in_process: bool = False, progress: 
     for r in p.searches:
         if r.state == "done":
             continue
-        say(f"[{r.state}] {r.name}", file=sys.stderr)
+        logger.info(f"[{r.state}] {r.name}")
         try:
             Search(SearchConfig.from_dict(r.config), r.path, resume=r.state == "resume", progress=progress).run()
         except GradnasError as exc:
-            say(f"[failed] {r.name}: {exc}", file=sys.stderr)
+            logger.warning(f"[failed] {r.name}: {exc}")
             failed.append(r.name)
     shown = [r.path for r in p.searches if (r.path / SUMMARY_FILE).is_file()]
     if shown:
@@ -163,7 +165,7 @@ def run_searches(p: Plan, *, jobs: int = 1, in_process: bool = False, progress: 
     return failed
 
 
-def run_trainings(p: Plan, *, progress: bool = True, say=print) -> list:
+def run_trainings(p: Plan, *, progress: bool = True) -> list:
     """Train the best cell of every finished search (in this process, one after another); returns failures."""
     from gradnas.train.config import TrainConfig
     from gradnas.train.genotypes import genotype_from_source
@@ -177,25 +179,31 @@ def run_trainings(p: Plan, *, progress: bool = True, say=print) -> list:
             continue
         resume = (t.path / CHECKPOINT_FILE).is_file()
         genotype, source = genotype_from_source(str(t.search))
-        say(f"[{'resume' if resume else 'start'}] train {t.name}: {source}", file=sys.stderr)
+        logger.info(f"[{'resume' if resume else 'start'}] train {t.name}: {source}")
         try:
             Training(TrainConfig.from_dict(t.config), genotype, t.path, resume=resume, progress=progress).run()
         except GradnasError as exc:
-            say(f"[failed] train {t.name}: {exc}", file=sys.stderr)
+            logger.warning(f"[failed] train {t.name}: {exc}")
             failed.append(t.name)
     return failed
 
 
-def reproduce(spec: Spec | str, out, *, budget: str = "proxy", jobs: int = 1, in_process: bool = False,
-              progress: bool = True, say=print, dataset=None, data_dir=None, sets=None, train_sets=None,
-              **backend) -> dict:
-    """Plan, run and report a spec (see the module doc). Returns {"report": path, "results": dict, "failed": [...]}."""
+def reproduce(spec: Spec | str, out, *, budget: str = "proxy", jobs: int | None = None, in_process: bool = False,
+              progress: bool = True, dataset=None, data_dir=None, sets=None, train_sets=None, **backend) -> dict:
+    """Plan, run and report a spec (see the module doc). Returns {"report": path, "results": dict, "failed": [...]}.
+    ``backend``: how the searches run, as `gradnas sweep` takes it (``backend="local"|"ray"``, ``address``,
+    ``cpus_per_run``, ``gpus_per_run``); the trainings run in this process."""
+    from gradnas.report.sweep import check_backend
+    check_backend(backend.get("backend", "local"), jobs=jobs, **{k: v for k, v in backend.items() if k != "backend"})
+    if in_process and (backend.get("backend", "local") != "local" or (jobs or 1) > 1):
+        raise GradnasError("--in-process runs the searches one after another in this process; drop --jobs and "
+                           "--backend, or drop --in-process")
     p = plan(spec, budget, out, dataset=dataset, data_dir=data_dir, sets=sets, train_sets=train_sets)
     _check_folder(p)
     p.out.mkdir(parents=True, exist_ok=True)
     _write_plan(p)
-    failed = run_searches(p, jobs=jobs, in_process=in_process, progress=progress, say=say, **backend)
-    failed += run_trainings(p, progress=progress, say=say)
+    failed = run_searches(p, jobs=jobs, in_process=in_process, progress=progress, **backend)
+    failed += run_trainings(p, progress=progress)
     if p.spec.run_reports:
         from gradnas.report.report import write_report
         for r in p.searches:
