@@ -343,6 +343,14 @@ def test_a_setting_is_refused_by_name_of_the_component_that_would_read_it(tmp_pa
     with pytest.raises(GradnasError, match="xi is read by method darts"):
         resolve_search_config(None, {"method": "single-level"}, ["xi=0.1", "order=2"])
     assert resolve_search_config(None, {"method": "pvll"}, []).epochs == 3  # quick's, not the user's: not read
+    # the built-in default's sigmoid serves the methods that run it; pvll (softmax(A) sampling) gets softmax, and
+    # a sigmoid the user asks for is refused by name
+    assert resolve_search_config(None, {}, []).relax == "sigmoid"
+    assert resolve_search_config(None, {"method": "pvll"}, []).relax == "softmax"
+    assert resolve_search_config(None, {}, ["method=pvll"]).relax == "softmax"
+    assert resolve_search_config(None, {"method": "pvll", "relax": "gumbel"}, []).relax == "gumbel"
+    with pytest.raises(GradnasError, match="pvll samples by Gumbel-max from softmax.*not relax 'sigmoid'"):
+        resolve_search_config(None, {"method": "pvll", "relax": "sigmoid"}, [])
     mine = tmp_path / "mine.yaml"
     mine.write_text("method: darts\nlambda: 5\n")
     with pytest.raises(GradnasError, match="lambda is read by method milenas"):

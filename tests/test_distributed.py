@@ -330,10 +330,14 @@ def test_torchrun_ctrl_c_before_the_first_checkpoint_says_nothing_is_saved(tmp_p
 
 def test_torchrun_search_says_a_warning_once(tmp_path):
     data_dir = make_folder(tmp_path / "data", classes=4, train=16, test=2, size=(8, 8))
-    r = _torchrun(tmp_path, ["search", "--dataset", "imagefolder", "--data-dir", data_dir, "--epochs", "1",
+    r = _torchrun(tmp_path, ["search", "--method", "milenas", "--relax", "softmax", "--dataset", "imagefolder",
+                             "--data-dir", data_dir, "--epochs", "1",
                              "--batch-size", "16", "--cells", "3", "--channels", "4", "--set", "supernet.nodes=2",
                              "--collapse-threshold", "0.01", "--set", "data.subset=64", "--device", "cpu", "--threads", "1", "--quiet", "--out",
                              tmp_path / "run"])
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("gradnas: warning:") == 1, r.stderr  # rank 0's, not one per rank
+    # rank 0's, not one per rank: the epoch's collapse warning and the final line's collapsed share, once each
+    assert r.stderr.count("gradnas: warning: after epoch 1,") == 1, r.stderr
+    assert r.stderr.count("gradnas: warning: parameter-free ops") == 1, r.stderr
+    assert r.stderr.count("gradnas: warning:") == 2, r.stderr
     assert r.stdout.count("genotype:") == 1

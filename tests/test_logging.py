@@ -9,7 +9,7 @@ from gradnas.config import SearchConfig
 from gradnas.search.loop import Search
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
-TINY = ["search", "--dataset", "fashion-mnist", "--data-dir", FMNIST, "--epochs", "1", "--batch-size", "16",
+TINY = ["search", "--method", "milenas", "--relax", "softmax", "--dataset", "fashion-mnist", "--data-dir", FMNIST, "--epochs", "1", "--batch-size", "16",
         "--cells", "3", "--channels", "4", "--set", "supernet.nodes=2", "--set", "data.subset=64", "--set",
         "data.eval_batches=1", "--device", "cpu", "--threads", "1", "--collapse-threshold", "0.01"]
 

@@ -194,7 +194,7 @@ def test_float_spellings_in_search_configs(tmp_path):
     assert (cfg.w_optim.lr, cfg.w_optim.lr_min, cfg.arch_optim.lr, cfg.arch_optim.betas) == (0.01, 1e-4, 3e-4,
                                                                                               (0.5, 0.999))
     assert cfg.seed == 1000 and type(cfg.seed) is int  # an integral float is an int where an int is expected
-    cfg = resolve_search_config(None, {}, ["w_optim.lr=1e-3", "lambda=1E1", "epochs=2e0"])
+    cfg = resolve_search_config(None, {"method": "milenas"}, ["w_optim.lr=1e-3", "lambda=1E1", "epochs=2e0"])
     assert (cfg.w_optim.lr, cfg.lam, cfg.epochs) == (1e-3, 10.0, 2) and type(cfg.epochs) is int
     # strings where a number is expected (a config built in Python): read as float() reads them
     cfg = SearchConfig.from_dict({"w_optim": {"lr": "1e-3"}, "seed": "1e3", "arch_optim": {"lr": " .5 "}})

@@ -115,7 +115,24 @@ def resolve_search_config(config: str | None, flags: Mapping[str, object], sets:
     base = load_yaml(config or DEFAULT_CONFIG)
     defaults = flatten(SearchConfig().to_dict())
     chosen = [k for k, v in flatten(base).items() if config and defaults.get("lambda" if k == "lam" else k) != v]
+    if not config:
+        _serve_the_method(base, flags, sets)
     return search_config(base, flags, sets, file_keys=chosen)
+
+
+def _serve_the_method(base: dict, flags: Mapping[str, object], sets: Sequence[str]) -> None:
+    """The built-in default's relaxation (sigmoid) is for the methods that run it: a method that cannot (pvll
+    samples from softmax(A)) gets the first relaxation it runs, unless the user chose one (then it is refused
+    by name, as with any config)."""
+    import copy
+    from gradnas.search.algorithm import METHODS
+    if "relax" in given_keys(base, flags, sets):
+        return
+    method = apply_search_overrides(copy.deepcopy(base), flags, sets).get("method")
+    cls = METHODS.get(method) if isinstance(method, str) else None
+    supported = getattr(cls, "relaxations", None)
+    if supported and base.get("relax", "softmax") not in supported:
+        base["relax"] = supported[0]
 
 
 def saved_search_config(run_dir) -> SearchConfig:

@@ -79,6 +79,9 @@ class SearchAlgorithm:
     single_process_reason: ClassVar[str] = ""
     #: whether the run's relaxation (``relax`` and its section) shapes the search
     uses_relaxation: ClassVar[bool] = True
+    #: the ``relax`` values this algorithm runs with (None: every registered relaxation); the first is the one the
+    #: built-in default config gives it when the default's own relaxation is not among them
+    relaxations: ClassVar[tuple | None] = None
     #: a config section of its own (registered plug-ins): its name and frozen dataclass
     config_section: ClassVar[str | None] = None
     config_class: ClassVar[type | None] = None

@@ -92,6 +92,7 @@ class PVLLSearch(SearchAlgorithm):
     orders = (1, 2)
     unit = "round"
     uses_relaxation = False  # H is sampled from softmax(A) by PVLL itself
+    relaxations = ("softmax", "gumbel")
     single_process_reason = " (its steps are one architecture each)"
     config_section, config_class = "pvll", PVLLConfig
     nan_fix = "Lower the weight learning rate (w_optim.lr) or check the data, then start a new run."
@@ -122,7 +123,7 @@ class PVLLSearch(SearchAlgorithm):
     def check_config(cls, cfg) -> None:
         """Refuse what pvll cannot run (each message names what to do instead); the settings of other components
         are refused by gradnas.config.check_components."""
-        if cfg.relax not in ("softmax", "gumbel"):
+        if cfg.relax not in cls.relaxations:
             raise GradnasError(f"method pvll: pvll samples by Gumbel-max from softmax(A) (relax softmax or gumbel), "
                                f"not relax {cfg.relax!r}")
         if cfg.data.split_fraction == 1:
