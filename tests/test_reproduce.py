@@ -128,6 +128,8 @@ def test_a_run_setting_no_component_reads_is_refused_before_anything_runs(tmp_pa
     with pytest.raises(GradnasError, match=r"run a \(budget tiny\).*pvll"):
         reproduce(str(spec_file), tmp_path / "out", budget="tiny", in_process=True, progress=False, **DATA)
     assert not (tmp_path / "out").exists()
+    with pytest.raises(GradnasError, match=r"--set seed=\.\.\.: the seeds are the budget's"):
+        reproduce(str(spec_file), tmp_path / "out", budget="tiny", in_process=True, sets={"seed": 3}, **DATA)
 
 
 def test_cli_lists_the_specs_and_refuses_a_bad_budget(capsys, tmp_path):

@@ -72,6 +72,10 @@ def plan(spec: Spec | str, budget: str, out, *, dataset: str | None = None, data
 
     spec = load_spec(spec) if isinstance(spec, str) else spec
     b = spec.budget(budget)
+    for flag, given in (("--set", sets), ("--train-set", train_sets)):
+        if given and "seed" in given:
+            raise GradnasError(f"{flag} seed=...: the seeds are the budget's ({spec.name} at {budget}: "
+                               f"{', '.join(map(str, b.seeds))}); write your own spec to change them")
     out = Path(out)
     data = {k: v for k, v in (("data.dataset", dataset), ("data.data_dir", data_dir)) if v is not None}
     result = Plan(spec, budget, out)
