@@ -202,3 +202,25 @@ def process_group(device: str, timeout):
         distributed.shutdown(clean=False)
         raise
     distributed.shutdown()
+
+
+def add_backend_flags(p, *, noun: str = "run") -> None:
+    """--jobs, --backend, --address, --cpus-per-run, --gpus-per-run: how a sweep's searches run (gradnas sweep,
+    gradnas reproduce); read back with :func:`backend_args`."""
+    p.add_argument("--jobs", type=whole_number, help=f"{noun}s at a time (local: parallel processes, default 1; "
+                                                     "ray: default as many as the cluster's resources allow)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help=f"local: subprocesses on this machine (default); ray: one Ray task per {noun} (pip "
+                        "install 'gradnas[ray]')")
+    p.add_argument("--address", help="ray: the cluster to run on ('auto', HOST:PORT or ray://HOST:PORT; default: a "
+                                     "local Ray started for the sweep); --out must be on a filesystem every node sees")
+    p.add_argument("--cpus-per-run", type=float, metavar="N", help=f"ray: CPUs each {noun} holds (default 1; also "
+                                                                    "its threads unless threads is set)")
+    p.add_argument("--gpus-per-run", type=float, metavar="N", help=f"ray: GPUs each {noun} holds (default 0; a "
+                                                                    "fraction shares a GPU)")
+
+
+def backend_args(args) -> dict:
+    """The backend keyword arguments of gradnas.report.sweep.run_sweep from flags added by :func:`add_backend_flags`."""
+    return dict(backend=args.backend, address=args.address, cpus_per_run=args.cpus_per_run,
+                gpus_per_run=args.gpus_per_run)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from gradnas.cli.common import whole_number
+from gradnas.cli.common import add_backend_flags, backend_args
 from gradnas.errors import GradnasError
 
 logger = logging.getLogger(__name__)
@@ -27,15 +27,7 @@ def add_parser(sub):
                    help="change a search setting of every run (after the spec's own), e.g. --set threads=1")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a training setting of every training run")
-    p.add_argument("--jobs", type=whole_number, help="searches at a time (local: parallel processes, default 1; "
-                                                    "ray: default no cap)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="how the searches run, as gradnas sweep runs them: local subprocesses (default) or one Ray "
-                        "task each (pip install 'gradnas[ray]')")
-    p.add_argument("--address", help="ray: the cluster ('auto', HOST:PORT or ray://HOST:PORT; default: a local Ray); "
-                                     "--out must be on a filesystem every node sees")
-    p.add_argument("--cpus-per-run", type=float, metavar="N", help="ray: CPUs each search holds (default 1)")
-    p.add_argument("--gpus-per-run", type=float, metavar="N", help="ray: GPUs each search holds (default 0)")
+    add_backend_flags(p, noun="search")
     p.add_argument("--in-process", action="store_true",
                    help="run the searches one after another in this process (no subprocess start-up each; "
                         "for the tiny budget)")
@@ -93,8 +85,7 @@ def run(args) -> int:
         result = reproduce(args.spec, out, budget=args.budget, jobs=args.jobs, in_process=args.in_process,
                            progress=not args.quiet, dataset=args.dataset, data_dir=args.data_dir,
                            sets=_sets(args.set, "--set"), train_sets=_sets(args.train_set, "--train-set"),
-                           backend=args.backend, address=args.address, cpus_per_run=args.cpus_per_run,
-                           gpus_per_run=args.gpus_per_run)
+                           **backend_args(args))
     except KeyboardInterrupt:
         logger.warning("interrupted; every run keeps its last checkpoint. Run the same command again to resume.")
         return 130

@@ -7,8 +7,8 @@ from datetime import datetime
 from pathlib import Path
 
 from gradnas import overrides
-from gradnas.cli.common import (add_launch_flags, add_tracker_flags, check_resume_out, drive, process_group, speaker,
-                                whole_number)
+from gradnas.cli.common import (add_backend_flags, add_launch_flags, add_tracker_flags, backend_args,
+                                check_resume_out, drive, process_group, speaker, whole_number)
 from gradnas.cli.plugins import portable
 from gradnas.errors import GradnasError
 
@@ -150,17 +150,7 @@ def add_sweep_parser(sub):
                    help="a grid axis over any config key, values read as --set reads them, e.g. --grid "
                         "w_optim.lr=0.01,0.025 --grid stop.at_size=[6,0],[4,0] (repeatable; run names get one part "
                         "per key with more than one value)")
-    p.add_argument("--jobs", type=whole_number, help="runs at a time (local: parallel processes, default 1; ray: "
-                                                      "default as many as the cluster's resources allow)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="local: subprocesses on this machine (default); ray: one Ray task per grid point (pip "
-                        "install 'gradnas[ray]')")
-    p.add_argument("--address", help="ray: the cluster to run on ('auto', HOST:PORT or ray://HOST:PORT; default: a "
-                                     "local Ray started for the sweep); --out must be on a filesystem every node sees")
-    p.add_argument("--cpus-per-run", type=float, metavar="N", help="ray: CPUs each run holds (default 1; also its "
-                                                                    "threads unless --threads is given)")
-    p.add_argument("--gpus-per-run", type=float, metavar="N", help="ray: GPUs each run holds (default 0; a fraction "
-                                                                    "shares a GPU)")
+    add_backend_flags(p, noun="run")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
     _add_config_flags(p, grid=True)
     return p
@@ -240,8 +230,7 @@ def _csv(text, kind, flag):
 def run_sweep(args) -> int:
     from gradnas.config import load_yaml
     from gradnas.report.sweep import check_backend, parse_grid, plan_sweep, run_sweep as run_grid
-    backend = dict(backend=args.backend, address=args.address, cpus_per_run=args.cpus_per_run,
-                   gpus_per_run=args.gpus_per_run)
+    backend = backend_args(args)
     check_backend(jobs=args.jobs, **backend)  # before any run folder is made
     base = overrides.apply_search_overrides(load_yaml(args.config or overrides.DEFAULT_CONFIG), search_flags(args),
                                             args.set)
