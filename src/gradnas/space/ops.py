@@ -152,6 +152,68 @@ class _DepthwisePointwise(torch.autograd.Function):
         return grad_x, grad_dw, grad_pw if need_pw else None, None, None
 
 
+class _BNReLUDepthwisePointwise(torch.autograd.Function):
+    """pointwise(depthwise(relu(bn(y)))): the middle of a separable conv, keeping only ``y`` for backward.
+
+    ``y`` is the BN's input, which its backward keeps anyway; the ReLU output (the second depthwise conv's
+    input, as large as ``y``) is recomputed in backward from ``y`` instead of being stored: one BN forward
+    and one ReLU, cheap next to any conv backward, for a third of a separable conv's stored activations.
+    The BN module runs in forward exactly as it would outside (running statistics and their counter updated
+    once); backward recomputes its output with the batch statistics of the same batch (training) or the
+    running statistics as they were at forward time (eval), with the same kernels, so values and gradients
+    equal those of the plain ops bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, y, bn_weight, bn_bias, dw_weight, pw_weight, bn, stride, dilation):
+        ctx.stride, ctx.dilation, ctx.eps = stride, dilation, bn.eps
+        ctx.batch_stats = bn.training or not bn.track_running_stats
+        ctx.device_type = y.device.type
+        ctx.autocast = torch.is_autocast_enabled(ctx.device_type)
+        ctx.autocast_dtype = torch.get_autocast_dtype(ctx.device_type)
+        stats = (None, None) if ctx.batch_stats else (bn.running_mean.clone(), bn.running_var.clone())
+        ctx.save_for_backward(y, bn_weight, bn_bias, dw_weight, pw_weight, *stats)
+        out = F.conv2d(depthwise_conv(F.relu(_batch_norm(bn, y, bn_weight, bn_bias)), dw_weight, stride, dilation),
+                       pw_weight)
+        ctx.conv_dtype = out.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable  # a second derivative through here raises instead of being silently wrong
+    def backward(ctx, grad):
+        y, bn_weight, bn_bias, dw_weight, pw_weight, mean, var = ctx.saved_tensors
+        need_y, need_bw, need_bb, need_dw, need_pw = ctx.needs_input_grad[:5]
+        with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype, enabled=ctx.autocast):
+            yd = y.detach().requires_grad_(need_y)
+            bwd = None if bn_weight is None else bn_weight.detach().requires_grad_(need_bw)
+            bbd = None if bn_bias is None else bn_bias.detach().requires_grad_(need_bb)
+            r = F.relu(F.batch_norm(yd, mean, var, bwd, bbd, ctx.batch_stats, 0.0, ctx.eps))
+        inputs = [v for v, need in ((yd, need_y), (bwd, need_bw), (bbd, need_bb)) if need]
+        if not (need_dw or need_pw) and ctx.dilation == 1:
+            # No conv weight needs a gradient (an alpha-only pass): both convs transpose without an activation.
+            dtype = ctx.conv_dtype
+            grad_t = F.conv2d(grad.to(dtype), pw_weight.to(dtype).transpose(0, 1))
+            k = dw_weight.shape[-1]
+            grad_r = torch.ops.aten.convolution_backward(
+                grad_t, r.detach().to(dtype), dw_weight.to(dtype), None, [ctx.stride] * 2, [(k - 1) // 2] * 2,
+                [1, 1], False, [0, 0], dw_weight.shape[0], [True, False, False])[0]
+            grads = iter(torch.autograd.grad(r, inputs, grad_r) if inputs else ())
+            grad_pw = None
+        else:
+            with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype,
+                                                     enabled=ctx.autocast):
+                dwd = dw_weight.detach().requires_grad_(need_dw)
+                t = depthwise_conv(r, dwd, ctx.stride, ctx.dilation)
+            grad_t, grad_pw, _ = torch.ops.aten.convolution_backward(
+                grad.to(t.dtype), t.detach(), pw_weight.to(t.dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                [True, need_pw, False])
+            inputs = inputs + ([dwd] if need_dw else [])
+            grads = iter(torch.autograd.grad(t, inputs, grad_t) if inputs else ())
+        out = [next(grads) if need else None for need in (need_y, need_bw, need_bb)]
+        grad_dw = next(grads) if need_dw else None
+        return (*out, grad_dw, grad_pw if need_pw else None, None, None, None)
+
+
 class DepthwiseConv(nn.Conv2d):
     """Depthwise conv; dilation 2 goes through :func:`polyphase_depthwise_conv`."""
 
@@ -161,6 +223,19 @@ class DepthwiseConv(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return depthwise_conv(x, self.weight, self.stride[0], self.dilation[0])
+
+
+def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight, bias) -> torch.Tensor:
+    """``bn(x)`` with ``weight`` and ``bias`` in place of the module's own: the same call torch's BatchNorm
+    forward makes (batch counter, momentum, which statistics), so the same numbers and statistics updates."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep = not bn.training or bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean if keep else None, bn.running_var if keep else None, weight, bias,
+                        batch_stats, momentum, bn.eps)
 
 
 def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
@@ -258,7 +333,22 @@ class SepConv(nn.Module):
         self.second = DilConv(c_in, c_out, kernel_size, 1, 1, affine)
 
     def forward(self, x: torch.Tensor, pre_activated: bool = False, scale: torch.Tensor | None = None) -> torch.Tensor:
-        return self.second(self.first(x, pre_activated), scale=scale)
+        if torch.jit.is_scripting():  # a scripted network (inference): the plain blocks, the same numbers
+            return self.second(self.first(x, pre_activated), scale=scale)
+        return self._eager(x, pre_activated, scale)
+
+    @torch.jit.unused
+    def _eager(self, x, pre_activated, scale):  # (unannotated: TorchScript reads an unused method's types as Tensors)
+        if not torch.is_grad_enabled() or _TWICE_DIFFERENTIABLE:
+            return self.second(self.first(x, pre_activated), scale=scale)
+        # With gradients: the first block's BN-ReLU is recomputed in backward (_BNReLUDepthwisePointwise)
+        # rather than its output stored for the second block's convs.
+        first, second = self.first, self.second
+        y = first._eager_convs(x if pre_activated else F.relu(x))
+        y = _BNReLUDepthwisePointwise.apply(y, first.bn.weight, first.bn.bias, second.depthwise.weight,
+                                            second.pointwise.weight, first.bn, second.depthwise.stride[0],
+                                            second.depthwise.dilation[0])
+        return second.bn(y) if scale is None else second._scaled_bn(y, scale)
 
 
 class FactorizedReduce(nn.Module):
