@@ -120,7 +120,8 @@ def test_step_ratios():
     assert ratios["darts:2 / milenas"]["value"] == 3.5 and ratios["darts:2 / milenas"]["holds"]
     assert "MiLeNAS paper: >= 3x" in ratios["darts:2 / milenas"]["claim"]
     assert ratios["milenas:2 / darts:2"]["value"] == pytest.approx(8 / 7) and ratios["milenas:2 / darts:2"]["holds"]
-    assert ratios["milenas:2 / forward-backward"]["value"] == 8.0 and ratios["milenas / forward-backward"]["claim"] is None
+    assert ratios["milenas:2 / forward-backward"]["value"] == 8.0
+    assert ratios["milenas / forward-backward"]["claim"] is None
     assert len(ratios) == 5
     slow = {r["ratio"]: r for r in bench.step_ratios(_rows(milenas=2.0, **{"darts:2": 5.0, "milenas:2": 7.0}))}
     assert not slow["darts:2 / milenas"]["holds"] and not slow["milenas:2 / darts:2"]["holds"]
@@ -145,11 +146,13 @@ def test_sweep_with_injected_load_readings(tmp_path, capsys, monkeypatch):
     assert settings["threads"] == 1 and settings["threads_reason"] == "given"
     assert settings["peak_gflops_per_sec"] > 0 and settings["peak"]["load_warning"] is None
     rows = result["results"]
-    assert [(r["method"], r["batch"], r["cells"], r["channels"]) for r in rows] == [("darts", 2, 1, 4), ("darts", 4, 1, 4)]
+    assert [(r["method"], r["batch"], r["cells"], r["channels"]) for r in rows] == [("darts", 2, 1, 4),
+                                                                                    ("darts", 4, 1, 4)]
     assert [p["batch"] for p in result["points"]] == [2, 4]
     for r in rows:
         assert r["sec_per_step"] > 0 and r["peak_memory_gb"] > 0.05
-        assert r["flops_per_step"] > 0 and r["gflops_per_sec"] == pytest.approx(r["flops_per_step"] / r["sec_per_step"] / 1e9)
+        assert r["flops_per_step"] > 0
+        assert r["gflops_per_sec"] == pytest.approx(r["flops_per_step"] / r["sec_per_step"] / 1e9)
         assert r["peak_share"] == pytest.approx(r["gflops_per_sec"] / settings["peak_gflops_per_sec"])
     # twice the batch, twice the FLOPs of the convolutions and matmuls
     assert rows[1]["flops_per_step"] == pytest.approx(2 * rows[0]["flops_per_step"], rel=0.01)

@@ -120,8 +120,11 @@ def run(args) -> int:
         space, relax, batch, channels = args.space or "darts", args.relax or "softmax", args.batch or 64, \
             args.channels or 16
         methods = [m.strip() for m in (args.methods or BENCH_METHODS).split(",") if m.strip()]
-        logger.info(f"gradnas bench: space {space}, relax {relax}, batch {batch}, {args.cells or 'default'} cells, "
-                    f"{channels} channels, device {device}" + (f", sweep {sweep[0]} {sweep[1]}" if sweep else ""))
+        shape = {"batch": f"batch {batch}", "cells": f"{args.cells or 'default'} cells",
+                 "channels": f"{channels} channels"}
+        if sweep:
+            shape[sweep[0]] = f"{sweep[0]} {','.join(map(str, sweep[1]))}"
+        logger.info(f"gradnas bench: space {space}, relax {relax}, {', '.join(shape.values())}, device {device}")
         result = run_bench(methods=methods, batch=batch, steps=args.steps, warmup=args.warmup, device=device,
                            cells=args.cells, channels=channels, threads=args.threads, space=space, relax=relax,
                            sweep=sweep)
