@@ -171,13 +171,20 @@ def test_a_real_bench_beside_a_busy_loop_warns(tmp_path, capsys, monkeypatch):
     out = tmp_path / "bench.json"
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        assert main(["bench", *TINY, "--batch", "2", "--methods", "forward-backward", "--out", str(out)]) == 0
+        assert main(["bench", *TINY, "--warmup", "1", "--batch", "2", "--methods", "forward-backward",
+                     "--out", str(out)]) == 0
     finally:
         spinner.kill()
         spinner.wait()
     (row,) = json.loads(out.read_text())["results"]
     assert row["load"]["others_cores"] > bench.LOAD_THRESHOLD_CORES and "not comparable" in row["load_warning"]
     assert "not comparable" in capsys.readouterr().out
+    # counted over the warm-up step: the FLOPs of the same forward-backward pass counted here
+    from gradnas.space import build_supernet
+    model = build_supernet("nb201", bench.space_config("nb201", cells=1, channels=4), "softmax", in_channels=3,
+                           num_classes=10, seed=0)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    assert row["flops_per_step"] == bench.count_flops(lambda: F.cross_entropy(model(x), y).backward())
 
 
 @pytest.mark.parametrize("args, message", [

@@ -9,7 +9,7 @@ warm-up (oneDNN builds its kernels there) and are not timed.
 Every measurement also says whether it can be trusted: the CPU time the machine spent busy during it,
 minus the CPU time of the bench itself, over the wall time, is how many cores other processes took
 (:func:`others_load`); above ``LOAD_THRESHOLD_CORES`` the row carries a warning. A search-step row also
-has its FLOPs (one extra, untimed step counted with torch's FLOP formulas), its GFLOP/s and their share
+has its FLOPs (one untimed step counted with torch's FLOP formulas), its GFLOP/s and their share
 of the peak GFLOP/s that a large matmul reaches on the same device and threads, measured once per run.
 With ``sweep`` every method is timed at each value of one of batch / cells / channels.
 """
@@ -199,8 +199,9 @@ def _load_summary(rows: list, peak: dict | None = None) -> str | None:
 
 class _FlopCount(TorchDispatchMode):
     """The FLOPs of the ops run inside it, by torch.utils.flop_counter's formulas (matmuls, convolutions and
-    attention, forward and backward; elementwise ops, pooling and BatchNorm count 0). FlopCounterMode itself
-    also tracks modules with hooks, which makes one second-order DARTS step take minutes on the CPU."""
+    attention, forward and backward; elementwise ops, pooling and BatchNorm count 0): the same count as
+    FlopCounterMode, without its per-module tracking hooks, which slow a supernet's many small modules down so
+    much that counting one second-order step took far longer than timing all of them."""
 
     def __init__(self):
         super().__init__()
@@ -284,12 +285,19 @@ def _bench_one(spec: dict) -> dict:
         method = make_method(spec["method"], model, w_optim=w_optim, a_optim=a_optim, grad_clip=5.0,
                              order=spec["order"], lam=1.0)
         step = method.step
-    batches = [(batch(), batch()) for _ in range(spec["warmup"] + spec["steps"] + 1)]
+    # The FLOPs are counted over one untimed step: the first warm-up step, or (no warm-up) one more at the end.
+    warmup, steps = spec["warmup"], spec["steps"]
+    batches = [(batch(), batch()) for _ in range(max(warmup, 1) + steps)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = _time_steps(step, batches[:-1], spec["warmup"], device)
+    flops = None
+    if warmup:
+        flops = count_flops(step, *batches.pop(0))
+        warmup -= 1
+    times = _time_steps(step, batches[:warmup + steps], warmup, device)
     peak_gb, peak_kind = _peak_memory(device)
-    flops = count_flops(step, *batches[-1])  # one more step, untimed, after the peak memory is read
+    if flops is None:
+        flops = count_flops(step, *batches[-1])  # after the peak memory is read
     sec = statistics.mean(times)
     return {"method": spec["method"], "order": spec["order"], "sec_per_step": sec, "sec_min": min(times),
             "images_per_sec": spec["batch"] / sec, "peak_memory_gb": peak_gb, "peak_memory_kind": peak_kind,
