@@ -92,14 +92,21 @@ def test_malformed_yaml_config(tmp_path):
 def test_bench_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     r = _cli("bench", "--batch", "2", "--cells", "3", "--channels", "4", "--steps", "1", "--warmup", "0",
-             "--methods", "forward-backward,milenas,darts:2", "--out", str(out))
+             "--threads", "1", "--methods", "forward-backward,milenas,darts:2", "--out", str(out))
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     rows = {(row["method"], row["order"]): row for row in result["results"]}
     assert set(rows) == {("forward-backward", 1), ("milenas", 1), ("darts", 2)}
     for row in rows.values():
         assert row["sec_per_step"] > 0 and row["images_per_sec"] > 0 and row["peak_memory_gb"] > 0.05
-    assert result["settings"]["batch"] == 2
+        assert row["flops_per_step"] > 0 and "others_cores" in row["load"] and "load_warning" in row
+    # second order costs more FLOPs than first, first more than the plain pass
+    assert rows[("darts", 2)]["flops_per_step"] > rows[("milenas", 1)]["flops_per_step"] > \
+        rows[("forward-backward", 1)]["flops_per_step"]
+    assert {x["ratio"] for x in result["points"][0]["ratios"]} == {
+        "darts:2 / milenas", "milenas / forward-backward", "darts:2 / forward-backward"}
+    assert "darts:2 / milenas" in r.stdout and "MiLeNAS paper: >= 3x" in r.stdout
+    assert result["settings"]["batch"] == 2 and result["settings"]["peak_gflops_per_sec"] > 0
     r = _cli("bench", "--methods", "enas")
     assert r.returncode == 2 and "unknown method 'enas'" in r.stderr
 

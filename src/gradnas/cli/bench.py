@@ -31,7 +31,10 @@ def add_parser(sub):
     p.add_argument("--cells", type=int, help="darts: cells (default 8); nb201: cells per stage (default 5); with "
                                              "--train: the setting's")
     p.add_argument("--channels", type=int, help="default: 16; with --train the setting's")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", help="CPU threads: a number, or auto for the cores that no other process keeps "
+                                     "busy right now (default: torch's, all cores)")
+    p.add_argument("--sweep", action="append", metavar="KEY=V1,V2,...",
+                   help="time every method at each value of one of batch, cells, channels (e.g. batch=16,32,64)")
     p.add_argument("--methods", help=f"comma-separated (default {BENCH_METHODS}); METHOD:2 is second order; "
                                      f"'{BASELINE}' is one plain pass with all gradients")
     p.add_argument("--train", action="store_true", help="time training steps of an evaluation network instead")
@@ -75,23 +78,56 @@ def _bench_train(args, device: str):
                            channels_last=[formats[x] for x in layouts])
 
 
+def _threads(text):
+    """--threads: None, "auto" (resolved by gradnas.bench when the bench starts) or a whole number in range."""
+    from gradnas.bench import resolve_threads
+    if text is None or text == "auto":
+        return text
+    try:
+        threads = int(text)
+    except ValueError:
+        raise GradnasError(f"--threads {text!r}: give a whole number of threads or auto") from None
+    return resolve_threads(threads)[0]  # refuses a count out of range before anything runs
+
+
+def _sweep(args):
+    from gradnas.bench import parse_sweep
+    if not args.sweep:
+        return None
+    if len(args.sweep) > 1:
+        raise GradnasError(f"--sweep given {len(args.sweep)} times: one swept key per run; run gradnas bench once "
+                           "per key")
+    key, values = parse_sweep(args.sweep[0])
+    if getattr(args, key) is not None:
+        raise GradnasError(f"--{key} and --sweep {key}=... both set the {key}; leave --{key} out")
+    return key, values
+
+
 def run(args) -> int:
     from gradnas.bench import BENCH_METHODS, run_bench, write_bench
     from gradnas.distributed import resolve_device
     device = str(resolve_device(args.device))
+    args.threads = _threads(args.threads)
     if args.train:
+        if args.sweep:
+            raise GradnasError("--sweep times search steps; it does not go with --train")
         result = _bench_train(args, device)
     else:
         for flag in ("genotype", "setting", "precision", "channels_last"):
             if getattr(args, flag) is not None:
                 raise GradnasError(f"--{flag.replace('_', '-')} goes with --train (timing an evaluation network)")
+        sweep = _sweep(args)
         space, relax, batch, channels = args.space or "darts", args.relax or "softmax", args.batch or 64, \
             args.channels or 16
         methods = [m.strip() for m in (args.methods or BENCH_METHODS).split(",") if m.strip()]
-        logger.info(f"gradnas bench: space {space}, relax {relax}, batch {batch}, {args.cells or 'default'} cells, "
-                    f"{channels} channels, device {device}")
+        shape = {"batch": f"batch {batch}", "cells": f"{args.cells or 'default'} cells",
+                 "channels": f"{channels} channels"}
+        if sweep:
+            shape[sweep[0]] = f"{sweep[0]} {','.join(map(str, sweep[1]))}"
+        logger.info(f"gradnas bench: space {space}, relax {relax}, {', '.join(shape.values())}, device {device}")
         result = run_bench(methods=methods, batch=batch, steps=args.steps, warmup=args.warmup, device=device,
-                           cells=args.cells, channels=channels, threads=args.threads, space=space, relax=relax)
+                           cells=args.cells, channels=channels, threads=args.threads, space=space, relax=relax,
+                           sweep=sweep)
     write_bench(result, args.out)
     print(f"written {args.out}")
     return 0
