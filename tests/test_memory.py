@@ -1,25 +1,28 @@
-"""Activation memory of the supernet ops: what a separable conv keeps for backward, and that keeping less
-changes no number (values, gradients, BN running statistics equal the plain ops bit for bit)."""
+"""Activation memory of the supernet ops: what separable and dilated convs keep for backward, and that
+keeping less changes no number (values, gradients, BN running statistics equal the plain ops bit for bit)."""
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gradnas.space.ops import SepConv, _BNReLUDepthwisePointwise, twice_differentiable
+from gradnas.space.ops import DilConv, SepConv, _ConvsBN, twice_differentiable
 
 
 def _plain(op, x, scale=None):
-    """The separable conv as plain autograd ops (what it computed before keeping less)."""
-    h = op.first.bn(op.first.pointwise(op.first.depthwise(F.relu(x))))
-    y = op.second.pointwise(op.second.depthwise(F.relu(h)))
-    return op.second.bn(y) if scale is None else op.second._scaled_bn(y, scale)
+    """The separable or dilated conv as plain autograd ops (what it computed before keeping less)."""
+    blocks = [op.first, op.second] if isinstance(op, SepConv) else [op]
+    for i, b in enumerate(blocks):
+        y = b.pointwise(b.depthwise(F.relu(x)))
+        x = b.bn(y) if scale is None or i < len(blocks) - 1 else b._scaled_bn(y, scale)
+    return x
 
 
-def _pair(affine, stride, k, channels_last, train):
+def _pair(affine, stride, k, channels_last, train, kind="sep"):
     torch.manual_seed(1)
-    op = SepConv(4, 4, k, stride, affine=affine)
-    ref = SepConv(4, 4, k, stride, affine=affine)
+    make = (lambda: SepConv(4, 4, k, stride, affine=affine)) if kind == "sep" else (
+        lambda: DilConv(4, 4, k, stride, 2, affine=affine))
+    op, ref = make(), make()
     ref.load_state_dict(op.state_dict())
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for m in (op, ref):
@@ -34,10 +37,10 @@ def _pair(affine, stride, k, channels_last, train):
     return op, ref, x
 
 
-@pytest.mark.parametrize("affine,stride,k,channels_last,train",
-                         list(itertools.product([False, True], [1, 2], [3, 5], [False, True], [True, False])))
-def test_separable_conv_recompute_is_bitwise_the_plain_ops(affine, stride, k, channels_last, train):
-    op, ref, x = _pair(affine, stride, k, channels_last, train)
+@pytest.mark.parametrize("kind,affine,stride,k,channels_last,train", list(itertools.product(
+    ["sep", "dil"], [False, True], [1, 2], [3, 5], [False, True], [True, False])))
+def test_conv_recompute_is_bitwise_the_plain_ops(kind, affine, stride, k, channels_last, train):
+    op, ref, x = _pair(affine, stride, k, channels_last, train, kind)
     scale = None if affine else torch.tensor(0.7, requires_grad=True)
     out, want = op(x, scale=scale), _plain(ref, x, scale)
     assert torch.equal(out, want)
@@ -52,10 +55,10 @@ def test_separable_conv_recompute_is_bitwise_the_plain_ops(affine, stride, k, ch
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_separable_conv_recompute_alpha_only_pass(train):
+@pytest.mark.parametrize("kind,train", list(itertools.product(["sep", "dil"], [True, False])))
+def test_conv_recompute_alpha_only_pass(kind, train):
     """No weight needs a gradient (an alpha-only pass): the input and scale gradients still equal the plain ops'."""
-    op, ref, x = _pair(False, 1, 3, True, train)
+    op, ref, x = _pair(False, 1, 3, True, train, kind)
     for p in [*op.parameters(), *ref.parameters()]:
         p.requires_grad_(False)
     scale = torch.tensor(1.3, requires_grad=True)
@@ -65,17 +68,25 @@ def test_separable_conv_recompute_alpha_only_pass(train):
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
-def test_bn_relu_depthwise_pointwise_gradcheck():
-    """Finite differences against the recomputing backward, batch statistics and affine BN (float64)."""
+@pytest.mark.parametrize("with_in_bn", [True, False])
+def test_convs_bn_gradcheck(with_in_bn):
+    """Finite differences against the recomputing backward: batch statistics, affine BNs (float64)."""
     torch.manual_seed(0)
-    bn = torch.nn.BatchNorm2d(2).double()
+    bn_in, bn_out = torch.nn.BatchNorm2d(2).double(), torch.nn.BatchNorm2d(3).double()
     y = torch.randn(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
-    bw = torch.rand(2, dtype=torch.float64).add_(0.5).requires_grad_(True)
-    bb = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    iw = torch.rand(2, dtype=torch.float64).add_(0.5).requires_grad_(True) if with_in_bn else None
+    ib = torch.randn(2, dtype=torch.float64, requires_grad=True) if with_in_bn else None
     dw = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
     pw = torch.randn(3, 2, 1, 1, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: _BNReLUDepthwisePointwise.apply(*a, bn, 1, 1), (y, bw, bb, dw, pw),
-                                    fast_mode=True)
+    ow = torch.rand(3, dtype=torch.float64).add_(0.5).requires_grad_(True)
+    ob = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    args = [t for t in (y, iw, ib, dw, pw, ow, ob) if t is not None]
+
+    def f(*a):
+        a = list(a)
+        y_, iw_, ib_ = (a.pop(0), a.pop(0), a.pop(0)) if with_in_bn else (a.pop(0), None, None)
+        return _ConvsBN.apply(y_, iw_, ib_, *a, bn_in if with_in_bn else None, bn_out, 1, 1)
+    assert torch.autograd.gradcheck(f, args, fast_mode=True)
 
 
 def _saved_bytes(fn):
@@ -90,24 +101,26 @@ def _saved_bytes(fn):
     return sum(storages.values()), out
 
 
-def test_separable_conv_keeps_two_activations_not_three():
-    """A separable conv in a supernet (its input already activated and kept by the shared ReLU) stores the
-    inputs of its two BNs; the ReLU output between them is recomputed, not kept."""
+@pytest.mark.parametrize("kind,extra,plain_extra", [("sep", 1, 5), ("dil", 0, 2)])
+def test_what_a_conv_keeps_for_backward(kind, extra, plain_extra):
+    """In a supernet (input already activated and kept by the shared ReLU) a separable conv stores one
+    activation of its own (its first half's output) and a dilated conv none; plain autograd (the graph that
+    can be differentiated twice) stores five and two."""
     torch.manual_seed(0)
-    op = SepConv(8, 8, 3, 1, affine=False)
+    op = SepConv(8, 8, 3, 1, affine=False) if kind == "sep" else DilConv(8, 8, 3, 1, 2, affine=False)
     x = F.relu(torch.randn(4, 8, 16, 16, requires_grad=True))
     act = x.numel() * x.element_size()
     scale = torch.tensor(0.5, requires_grad=True)
     kept, _ = _saved_bytes(lambda: op(x, pre_activated=True, scale=scale))
-    extra = kept - act  # the shared input itself is counted once
-    assert 2 * act <= extra < 2 * act + 64 * 1024, (extra, act)
-    with twice_differentiable():  # the plain ops (a graph that can be differentiated twice) keep three
+    assert extra * act <= kept - act < extra * act + 64 * 1024, (kept - act, act)  # x itself counted once
+    with twice_differentiable():
         kept_plain, _ = _saved_bytes(lambda: op(x, pre_activated=True, scale=scale))
-    assert kept_plain - act >= 3 * act
+    assert plain_extra * act <= kept_plain - act < plain_extra * act + 64 * 1024, (kept_plain - act, act)
 
 
-def test_recompute_refuses_a_second_derivative():
-    op = SepConv(4, 4, 3, 1, affine=False)
+@pytest.mark.parametrize("kind", ["sep", "dil"])
+def test_recompute_refuses_a_second_derivative(kind):
+    op = SepConv(4, 4, 3, 1, affine=False) if kind == "sep" else DilConv(4, 4, 3, 1, 2, affine=False)
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
     g, = torch.autograd.grad(op(x).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiable"):

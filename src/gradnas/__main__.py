@@ -1,5 +1,5 @@
 import sys
 
-from gradnas.cli import main
+from gradnas.console import command
 
-sys.exit(main())
+sys.exit(command())  # on jemalloc when GRADNAS_MALLOC asks (gradnas.malloc), then the CLI

@@ -44,7 +44,19 @@ def _torch() -> list:
     hint = "" if status == "ok" else "; more threads than cores slows every op: set --threads or OMP_NUM_THREADS"
     checks.append(Check("threads", status, f"torch uses {threads} of {cores} cores"
                                            f"{f' (OMP_NUM_THREADS={omp})' if omp else ''}{hint}"))
+    checks.append(_allocator())
     return checks
+
+
+def _allocator() -> Check:
+    from gradnas import malloc
+    if malloc.loaded() == "jemalloc":
+        return Check("allocator", "ok", "jemalloc (the lowest peak memory of a CPU search, some time in page faults; "
+                                        "gradnas.malloc)")
+    path = malloc.find_jemalloc()
+    how = (f"{malloc.ENV}=jemalloc runs the gradnas command on jemalloc ({path})" if path else
+           f"apt-get install libjemalloc2, then {malloc.ENV}=jemalloc")
+    return Check("allocator", "ok", f"the system's malloc; for the lowest peak memory of a CPU search, {how}")
 
 
 def _packages() -> list:
