@@ -25,9 +25,15 @@ def pytest_configure(config):
 
 
 @pytest.fixture
-def device() -> torch.device:
-    """The device of the device-aware tests (GRADNAS_TEST_DEVICE, default cpu)."""
-    return torch.device(TEST_DEVICE)
+def device():
+    """The device of the device-aware tests (GRADNAS_TEST_DEVICE, default cpu). On CUDA, cuDNN picks
+    deterministic convolution algorithms meanwhile, so that bit-for-bit comparisons mean what they say."""
+    saved = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield torch.device(TEST_DEVICE)
+    finally:
+        torch.backends.cudnn.deterministic = saved
 
 
 @pytest.fixture(autouse=True)

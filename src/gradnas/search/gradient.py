@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from gradnas import distributed
 from gradnas.benchmark import benchmark_for, format_benchmark
-from gradnas.data import PairedBatches, iterate_batches
+from gradnas.data import PairedBatches
 from gradnas.errors import GradnasError
 from gradnas.relax import make_relaxation
 from gradnas.run import CheckpointMismatch
