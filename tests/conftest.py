@@ -1,9 +1,39 @@
+import os
+
 import pytest
 import torch
 
 from gradnas.cli import main
 from gradnas.relax import make_relaxation
 from gradnas.space.darts import DartsSpaceConfig, DartsSupernet
+
+#: where the device-aware tests (those taking the ``device`` fixture) run: GRADNAS_TEST_DEVICE=cuda (or cuda:N)
+#: runs them on a GPU; the default is the CPU
+TEST_DEVICE = os.environ.get("GRADNAS_TEST_DEVICE", "cpu").strip() or "cpu"
+
+
+def pytest_configure(config):
+    try:
+        device = torch.device(TEST_DEVICE)
+    except RuntimeError:
+        raise pytest.UsageError(f"GRADNAS_TEST_DEVICE={TEST_DEVICE!r} is no device; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"GRADNAS_TEST_DEVICE={TEST_DEVICE!r}: gradnas runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"GRADNAS_TEST_DEVICE={TEST_DEVICE} asks for a GPU, but torch.cuda.is_available() "
+                                "is False here (no GPU, or a CPU build of torch); unset it to test on the CPU")
+
+
+@pytest.fixture
+def device():
+    """The device of the device-aware tests (GRADNAS_TEST_DEVICE, default cpu). On CUDA, cuDNN picks
+    deterministic convolution algorithms meanwhile, so that bit-for-bit comparisons mean what they say."""
+    saved = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield torch.device(TEST_DEVICE)
+    finally:
+        torch.backends.cudnn.deterministic = saved
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ from gradnas.search.loop import build_optimizers
 from gradnas.search.methods import METHODS, make_method
 
 
-def _setup(method, lam=1.0, lr=0.0, relax="softmax", grad_clip=0.0):
-    model = tiny_supernet(relax, dtype=torch.float64)
+def _setup(method, lam=1.0, lr=0.0, relax="softmax", grad_clip=0.0, device="cpu"):
+    model = tiny_supernet(relax, dtype=torch.float64).to(device)
     cfg = SearchConfig.from_dict({"w_optim": {"lr": max(lr, 1e-12), "lr_min": 0.0, "weight_decay": 0.0,
                                               "momentum": 0.0},
                                   "arch_optim": {"lr": lr, "weight_decay": 0.0}, "relax": relax})
@@ -27,14 +27,18 @@ def _grads(model, b, params):
     return torch.autograd.grad(F.cross_entropy(model(b[0]), b[1]), params)
 
 
+def _batch(seed, device, dtype=torch.float64):
+    return tuple(t.to(device) for t in batch(seed=seed, dtype=dtype))
+
+
 def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.5, 2.0])
-def test_milenas_gradient_is_train_plus_lambda_val(lam):
-    model, method = _setup("milenas", lam=lam)
-    tr, va = batch(seed=1, dtype=torch.float64), batch(seed=2, dtype=torch.float64)
+def test_milenas_gradient_is_train_plus_lambda_val(lam, device):
+    model, method = _setup("milenas", lam=lam, device=device)
+    tr, va = _batch(1, device), _batch(2, device)
     method.step(tr, va)  # lr 0: parameters unchanged, gradients left in .grad
     alphas, weights = model.arch_parameters(), model.weight_parameters()
     g_tr = _grads(model, tr, alphas)
@@ -45,9 +49,9 @@ def test_milenas_gradient_is_train_plus_lambda_val(lam):
         assert torch.allclose(w.grad, gw, rtol=1e-9, atol=1e-12)
 
 
-def test_darts_first_order_gradients():
-    model, method = _setup("darts")
-    tr, va = batch(seed=1, dtype=torch.float64), batch(seed=2, dtype=torch.float64)
+def test_darts_first_order_gradients(device):
+    model, method = _setup("darts", device=device)
+    tr, va = _batch(1, device), _batch(2, device)
     method.step(tr, va)
     alphas, weights = model.arch_parameters(), model.weight_parameters()
     for a, g in zip(alphas, _grads(model, va, alphas)):
@@ -56,20 +60,20 @@ def test_darts_first_order_gradients():
         assert torch.allclose(w.grad, g, rtol=1e-9, atol=1e-12)
 
 
-def test_single_level_gradients_and_ignores_val_batch():
-    model, method = _setup("single-level", relax="sigmoid")
-    tr = batch(seed=1, dtype=torch.float64)
+def test_single_level_gradients_and_ignores_val_batch(device):
+    model, method = _setup("single-level", relax="sigmoid", device=device)
+    tr = _batch(1, device)
     method.step(tr, None)
     params = model.arch_parameters() + model.weight_parameters()
     for p, g in zip(params, _grads(model, tr, params)):
         assert torch.allclose(p.grad, g, rtol=1e-9, atol=1e-12)
 
 
-def test_milenas_lambda_zero_is_single_level_bit_for_bit():
-    tr, va = batch(seed=1), batch(seed=2)
+def test_milenas_lambda_zero_is_single_level_bit_for_bit(device):
+    tr, va = _batch(1, device, torch.float32), _batch(2, device, torch.float32)
     results = []
     for name, lam in (("milenas", 0.0), ("single-level", 1.0)):
-        model = tiny_supernet()
+        model = tiny_supernet().to(device)
         cfg = SearchConfig()
         w_opt, a_opt, _ = build_optimizers(cfg, model)
         make_method(name, model, w_optim=w_opt, a_optim=a_opt, lam=lam).step(tr, va)
@@ -78,10 +82,10 @@ def test_milenas_lambda_zero_is_single_level_bit_for_bit():
         assert torch.equal(results[0][k], results[1][k]), k
 
 
-def test_steps_move_parameters_and_alphas_stay_out_of_weight_optimizer():
-    model, method = _setup("milenas", lr=0.1, grad_clip=5.0)
+def test_steps_move_parameters_and_alphas_stay_out_of_weight_optimizer(device):
+    model, method = _setup("milenas", lr=0.1, grad_clip=5.0, device=device)
     before = _snapshot(model)
-    method.step(batch(seed=1, dtype=torch.float64), batch(seed=2, dtype=torch.float64))
+    method.step(_batch(1, device), _batch(2, device))
     after = model.state_dict()
     assert not torch.equal(before["alpha_normal"], after["alpha_normal"])
     assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
@@ -90,9 +94,9 @@ def test_steps_move_parameters_and_alphas_stay_out_of_weight_optimizer():
     assert {id(p) for g in method.a_optim.param_groups for p in g["params"]} == alpha_ids
 
 
-def test_weight_clipping_leaves_alpha_gradient_alone():
-    model, method = _setup("single-level", grad_clip=1e-6)
-    tr = batch(seed=1, dtype=torch.float64)
+def test_weight_clipping_leaves_alpha_gradient_alone(device):
+    model, method = _setup("single-level", grad_clip=1e-6, device=device)
+    tr = _batch(1, device)
     method.step(tr, None)
     g = _grads(model, tr, model.arch_parameters())
     assert torch.allclose(model.alpha_normal.grad, g[0])

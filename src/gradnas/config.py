@@ -42,6 +42,9 @@ from gradnas.space.nb201 import NB201SpaceConfig
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Seeds every random stream takes (torch.manual_seed, derived per-epoch streams), as NumPy's legacy seeds.
 SEED_MIN, SEED_MAX = 0, 2**32 - 1
+# The search's compile modes and precisions (gradnas.search.accel uses the same names).
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+SEARCH_PRECISIONS = ("fp32", "bf16")
 _EDGE_SPEC = re.compile(r"^\s*([a-z]+|-?\d+)\s*:\s*(\d+)\s*<-\s*(\d+|\*)\s*$")
 
 
@@ -357,6 +360,9 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     threads: int | None = None           # CPU threads; None = torch's default (all cores)
+    compile: str = "off"                 # torch.compile of the step's forward: off | default | reduce-overhead (CUDA
+                                         # graphs) | max-autotune (gradnas.search.accel)
+    precision: str = "fp32"              # fp32 | bf16 (autocast of the forward passes; weights, alphas stay fp32)
     alpha_data: str = "split"            # architecture batch: split | same-split | same-batch (see data.loader)
     switch_at: int | None = None         # method schedule: `method` for epochs 1..switch_at, then `then`
     then: str | None = None
@@ -409,6 +415,9 @@ class SearchConfig:
             (SEED_MIN <= self.seed <= SEED_MAX,
              f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed}"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+            (self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"),
+            (self.precision in SEARCH_PRECISIONS,
+             f"precision must be one of {', '.join(SEARCH_PRECISIONS)}, got {self.precision!r}"),
             (not self.w_optim.nesterov or self.w_optim.momentum > 0, "w_optim.nesterov needs w_optim.momentum > 0"),
             (self.alpha_data in ALPHA_DATA,
              f"alpha_data must be one of {', '.join(ALPHA_DATA)}, got {self.alpha_data!r}"),
@@ -773,8 +782,9 @@ def check_components(cfg: SearchConfig, claims, *, given=None, file_keys=()) -> 
 _UNSET = object()
 
 
-# What a resumed search may change: where it runs, and when it stops, not what an epoch computes.
-RESUMABLE_KEYS = ("device", "threads", "stop.at_size", "stop.when_smaller")
+# What a resumed search may change: where and how it runs (compile: the same step, compiled), and when it
+# stops, not what an epoch computes.
+RESUMABLE_KEYS = ("device", "threads", "compile", "stop.at_size", "stop.when_smaller")
 
 
 def resume_conflicts(saved: dict, now: dict) -> list:

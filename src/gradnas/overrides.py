@@ -23,6 +23,7 @@ SEARCH_FLAGS = {
     "space": "space", "method": "method", "order": "order", "lam": "lambda", "relax": "relax",
     "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "epochs", "batch_size": "batch_size",
     "seed": "seed", "device": "device", "threads": "threads", "xi": "xi",
+    "compile": "compile", "precision": "precision",
     "probe_gap": "probes.gap", "probe_grad_corr": "probes.grad_corr", "probe_dl_dp": "probes.dl_dp_edges",
     "probe_batches": "probes.batches",
     "alpha_data": "alpha_data", "switch_at": "switch_at", "then": "then", "then_order": "then_order",

@@ -15,7 +15,7 @@ from gradnas.errors import GradnasError
 # Top-level keys of SearchConfig (tests/test_registry.py checks this against the dataclass): never a section.
 RESERVED_KEYS = frozenset({
     "space", "method", "order", "lambda", "lam", "xi", "fd_scale", "relax", "epochs", "batch_size", "seed",
-    "device", "threads", "alpha_data", "switch_at", "then", "then_order", "data", "supernet", "nb201", "gumbel",
+    "device", "threads", "compile", "precision", "alpha_data", "switch_at", "then", "then_order", "data", "supernet", "nb201", "gumbel",
     "w_optim", "arch_optim", "probes", "collapse", "stop", "pvll", "callbacks", "log", "tracking", "sections"})
 
 # section name -> (frozen config dataclass, owner, e.g. "method my-method")

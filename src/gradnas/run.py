@@ -217,10 +217,12 @@ def config_kind(config) -> tuple[str, str] | None:
     """What kind of run a config dict (a config.yaml's, a checkpoint's) belongs to, as :func:`folder_kind`."""
     if not isinstance(config, dict):
         return None
-    if "network" in config or "precision" in config:
+    if "network" in config:
         return "a training run", "train"
-    if "method" in config or "space" in config:
+    if "method" in config or "space" in config:  # (a search has a precision too)
         return "a search", "search"
+    if "precision" in config:
+        return "a training run", "train"
     return None
 
 

@@ -97,6 +97,12 @@ def _add_config_flags(p, *, grid: bool):
     if not grid:
         p.add_argument("--seed", type=whole_number)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--compile", choices=("off", "default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile the supernet's forward pass of every search step (per-batch methods; not "
+                        "with the gumbel relaxation): default, reduce-overhead (CUDA graphs, CUDA only) or "
+                        "max-autotune; off (default) runs eager. The first steps pay the compilation")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="bf16 = bfloat16 autocast of the search's forward passes (weights and alphas stay fp32)")
     p.add_argument("--callback", action="append", metavar="NAME",
                    help="attach a callback registered under NAME (gradnas.callbacks.register_callback; import its "
                         "module with --plugin); repeatable; saved in config.yaml, so --resume attaches it again")

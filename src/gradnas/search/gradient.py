@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 from gradnas import distributed
 from gradnas.benchmark import benchmark_for, format_benchmark
-from gradnas.data import PairedBatches, iterate_batches
+from gradnas.data import PairedBatches
 from gradnas.errors import GradnasError
 from gradnas.relax import make_relaxation
 from gradnas.run import CheckpointMismatch
 from gradnas.search import callbacks as cbs
+from gradnas.search.accel import Prefetcher, check_compile, check_precision, compile_forward
 from gradnas.search.algorithm import SearchAlgorithm, method_class
 from gradnas.search.methods import ArchOptimizer, make_method
 from gradnas.space import build_supernet
@@ -61,22 +62,88 @@ def evaluate(model, x, y, *, augment, batch_size: int, device, max_batches: int 
     """Loss and accuracy (%) of the supernet in eval mode (BN running statistics), no augmentation.
 
     In a multi-process run each rank evaluates its share of the (first ``max_batches``) batches and the
-    sums are added up, so every rank returns the figures of the whole set."""
+    sums are added up, so every rank returns the figures of the whole set. The sums stay on the device
+    (float64: the same numbers as Python floats) until the end; on CUDA the next batch is copied while the
+    current one runs (:class:`~gradnas.search.accel.Prefetcher`; pin ``x`` and ``y`` for an asynchronous copy)."""
     if max_batches is not None:
         x, y = x[:max_batches * batch_size], y[:max_batches * batch_size]
     part = distributed.world().shard(len(y))
     x, y = x[part], y[part]
     model.eval()
-    total_loss, correct, n = 0.0, 0, 0
-    if len(y):
-        for xb, yb in iterate_batches(x, y, batch_size=batch_size, augment=augment, device=device):
-            logits = model(xb)
-            total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
-            n += yb.numel()
+    device = torch.device(device)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    host = ((x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(y), batch_size))
+    for xb, yb in Prefetcher(host, device):
+        xb, yb = augment(xb, None, train=False), yb.to(dtype=torch.int64)
+        logits = model(xb)
+        total_loss += F.cross_entropy(logits, yb, reduction="sum").double()
+        correct += (logits.argmax(1) == yb).sum()
+        n += yb.numel()
     model.train()
-    total_loss, correct, n = distributed.sum_values([total_loss, correct, n], device)
+    total_loss, correct, n = distributed.sum_values([total_loss.item(), int(correct), n], device)
     return total_loss / max(n, 1), 100.0 * correct / max(n, 1)
+
+
+class RunningSums:
+    """An epoch's running sums per batch kind (train, val): loss x count, correct predictions and count.
+
+    The losses and correct counts of a step may be tensors on the device (the built-in methods') or Python
+    numbers (a plug-in's); they are added up on the device in float64, which computes exactly what the sums
+    of Python floats did (the loss as float64, times the count, added in step order), so nothing waits for
+    the device until :meth:`floats` reads them. The losses of the steps since the last read are kept, so a
+    NaN can be traced to its step (:meth:`first_nonfinite`)."""
+
+    def __init__(self, device, start: dict | None = None):
+        self.device = torch.device(device)
+        self.sums: dict = {}
+        for key, value in (start or {}).items():
+            self._add(key, float(value))
+        self._recent: list = []
+
+    def _add(self, key: str, value) -> None:
+        if key.endswith("_n"):
+            self.sums[key] = self.sums.get(key, 0.0) + value  # counts are Python ints: no device work
+            return
+        value = torch.as_tensor(value, dtype=torch.float64, device=self.device)  # (a Python float: as float64)
+        if key in self.sums:
+            self.sums[key].add_(value)
+        else:
+            self.sums[key] = value.clone()
+
+    def add(self, step: int, stats) -> None:
+        for prefix in ("train", "val"):
+            if f"{prefix}_n" in stats:
+                n = stats[f"{prefix}_n"]
+                loss = stats[f"{prefix}_loss"]
+                loss = loss.detach().double() * n if isinstance(loss, torch.Tensor) else loss * n
+                self._add(f"{prefix}_loss", loss)
+                self._add(f"{prefix}_correct", stats[f"{prefix}_correct"])
+                self._add(f"{prefix}_n", n)
+        self._recent.append((step, {k: stats[k] for k in ("train_loss", "val_loss") if k in stats}))
+
+    def floats(self) -> dict:
+        """The sums as Python floats (one wait for the device)."""
+        keys = sorted(self.sums)
+        values = [self.sums[k] for k in keys]
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        read = iter(torch.stack(tensors).tolist() if tensors else [])
+        return {k: next(read) if isinstance(v, torch.Tensor) else float(v) for k, v in zip(keys, values)}
+
+    def first_nonfinite(self, sums: dict):
+        """(step, its losses as floats) of the first step since the last call whose loss is NaN or inf, if the
+        sums ``sums`` (:meth:`floats`) say there is one; else None. Forgets those steps."""
+        recent, self._recent = self._recent, []
+        if all(math.isfinite(v) for v in sums.values()):
+            return None
+        for step, losses in recent:
+            values = {k: float(v) for k, v in losses.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                return step, values
+        # not among the steps kept (cannot happen: every step since the last read is): name the last one
+        bad = next(k for k, v in sums.items() if not math.isfinite(v))
+        return (recent[-1][0] if recent else 0), {bad.replace("_correct", "_loss"): sums[bad]}
 
 
 class GradientSearch(SearchAlgorithm):
@@ -85,7 +152,7 @@ class GradientSearch(SearchAlgorithm):
     unit = "epoch"
     distributed = True
     reads = ("epochs", "arch_optim", "alpha_data", "switch_at", "then", "then_order", "data.eval_batches", "probes",
-             "collapse", "stop")
+             "collapse", "stop", "compile", "precision")
     nan_fix = "Lower the learning rates (w_optim.lr, arch_optim.lr) or check the data, then start a new run."
 
     @classmethod
@@ -98,6 +165,7 @@ class GradientSearch(SearchAlgorithm):
             if cfg.then_order is not None and order not in c.orders:
                 raise GradnasError(f"method {name!r} supports order {' or '.join(map(str, c.orders))}, not {order} "
                                    f"({'then_order' if name == cfg.then else 'order'}); change it")
+        check_compile(cfg.compile, relaxation=make_relaxation(cfg.relax, cfg.relax_config))  # before any data
         if cfg.alpha_data != "split" and not any(c.uses_val_batch for c in classes):
             raise GradnasError(f"alpha_data {cfg.alpha_data!r} chooses the architecture batch, but method "
                                f"{' then '.join(cfg.methods)} reads none; use darts or milenas, or drop alpha_data")
@@ -109,7 +177,7 @@ class GradientSearch(SearchAlgorithm):
                                f"same-split, or method single-level")
 
     def __init__(self, cfg, *, data, device, world):
-        self.cfg, self.device, self.world = cfg, device, world
+        self.cfg, self.device, self.world = cfg, torch.device(device), world
         dataset, self.split, self.augment = data.dataset, data.split, data.augment
         self.train_x, self.train_y = dataset.train_x, dataset.train_y
         # The full training set (split_fraction 1, checked above: only single-level or alpha_data same-*): no
@@ -130,8 +198,15 @@ class GradientSearch(SearchAlgorithm):
         self.model = build_supernet(cfg.space, cfg.space_config, make_relaxation(cfg.relax, cfg.relax_config),
                                     in_channels=dataset.channels, num_classes=dataset.num_classes,
                                     seed=cfg.seed).to(device)
+        if self.device.type == "cuda":  # the end-of-epoch validation copies its batches asynchronously
+            self.val_x, self.val_y = self.val_x.pin_memory(), self.val_y.pin_memory()
         self.benchmark = benchmark_for(cfg.space)
         self.w_optim, self.a_optim, self.scheduler = build_optimizers(cfg, self.model)
+        # The step's forward passes (compile) and their precision; the model itself is what is saved,
+        # evaluated and probed (gradnas.search.accel).
+        check_compile(cfg.compile, relaxation=self.model.relaxation, device=device)
+        check_precision(cfg.precision, device)
+        self.net = compile_forward(self.model, cfg.compile)
         # Every method of the schedule over the same model and optimizers, built now so that an
         # unsupported combination (e.g. single-level with order 2) fails before any epoch runs.
         # Each with its own order (then_order: MiLeNAS Fig. 2b runs darts-2nd, then milenas-1st); xi and
@@ -139,7 +214,8 @@ class GradientSearch(SearchAlgorithm):
         self.methods = [make_method(name, self.model, w_optim=self.w_optim, a_optim=self.a_optim,
                                     grad_clip=cfg.w_optim.grad_clip, order=order, lam=cfg.lam,
                                     xi=cfg.xi if order == 2 else None, fd_scale=cfg.fd_scale if order == 2 else None,
-                                    **_own_section(cfg, name)) for name, order in zip(cfg.methods, cfg.orders)]
+                                    net=self.net, precision=cfg.precision, **_own_section(cfg, name))
+                        for name, order in zip(cfg.methods, cfg.orders)]
         self.method = self.methods[0]
         if world.size > 1:
             distributed.broadcast_state(self.model)
@@ -182,27 +258,30 @@ class GradientSearch(SearchAlgorithm):
             sums = dict(self._partial["sums"])
             self._restore_streams(self._partial)
             t0 -= float(self._partial.get("elapsed", 0.0))
-        bar = tqdm(self.batches.epoch(epoch, start), total=steps, initial=start,
+        bar = tqdm(Prefetcher(self.batches.epoch(epoch, start), self.device), total=steps, initial=start,
                    disable=None if run.progress and run.is_main else True, leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
+        # The step's numbers stay on the device; they are read (which waits for it) only to refresh the bar,
+        # at a signal's stop and at the end of the epoch, and the NaN guard runs on what is read.
+        running, shown = RunningSums(self.device, sums), time.monotonic()
         for step, (train_batch, val_batch) in enumerate(bar, start):
             if self.world.size > 1:  # this rank's slice of the global batch
                 train_batch, val_batch = ((x[part], y[part]) for x, y in (train_batch, val_batch))
+            self.method.begin_step()
             stats = self.method.step(train_batch, val_batch if self.method.uses_val_batch else None)
-            run.check_finite(stats, epoch, step)
-            for prefix in ("train", "val"):  # sums of loss x count, correct and count per batch kind
-                if f"{prefix}_n" in stats:
-                    n = stats[f"{prefix}_n"]
-                    for key, value in ((f"{prefix}_loss", stats[f"{prefix}_loss"] * n),
-                                       (f"{prefix}_correct", stats[f"{prefix}_correct"]), (f"{prefix}_n", n)):
-                        sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{sums['train_loss'] / sums['train_n']:.3f}",
-                            acc=f"{100 * sums['train_correct'] / sums['train_n']:.1f}")
+            running.add(step, stats)
+            if not bar.disable and time.monotonic() - shown >= self.BAR_REFRESH_S:
+                sums = self._read(running, run, epoch)
+                bar.set_postfix(loss=f"{sums['train_loss'] / sums['train_n']:.3f}",
+                                acc=f"{100 * sums['train_correct'] / sums['train_n']:.1f}")
+                shown = time.monotonic()
             run.step_end(epoch, step, stats)
             if run.signal_requested and step + 1 < steps:
+                sums = self._read(running, run, epoch)
                 bar.close()
                 self.step, self._partial = step + 1, self._partial_state(sums, time.time() - t0)
                 run.stop_mid_unit(epoch, step + 1, steps)
+        sums = self._read(running, run, epoch)
         self.step, self._partial = 0, None
         self._lr_step()
         if self.world.size > 1:  # whole-batch figures, and one set of BN statistics on every rank
@@ -246,6 +325,20 @@ class GradientSearch(SearchAlgorithm):
                 "best_valid_acc": self.best_valid_acc, **({"valid_on": "test"} if self.full_set else {})}
 
     # -- pieces of an epoch
+    #: seconds between two refreshes of the progress bar's figures (each waits for the device)
+    BAR_REFRESH_S = 0.5
+
+    @staticmethod
+    def _read(running: RunningSums, run, epoch: int) -> dict:
+        """The running sums as floats; the NaN guard of the steps since the last read (it names the first bad
+        step, ``run.check_finite``)."""
+        sums = running.floats()
+        bad = running.first_nonfinite(sums)
+        if bad is not None:
+            run.check_finite(bad[1], epoch, bad[0])
+            raise run.nan_error(epoch, f"training (step {bad[0]})")  # (check_finite raises first)
+        return sums
+
     def _select_method(self, epoch: int) -> None:
         """The schedule's method for ``epoch`` (0-based): the second one from epoch ``switch_at`` on."""
         new = self.methods[1 if self.cfg.switch_at is not None and epoch >= self.cfg.switch_at else 0]

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from gradnas.search.accel import autocast, full_precision
+
 #: DARTS's finite-difference step: eps = FD_SCALE / ||v||
 FD_SCALE = 0.01
 
@@ -39,10 +41,11 @@ Batch = tuple  # (x, y)
 
 @dataclass
 class Pass:
-    """Loss, correct predictions and batch size of one forward pass (for the loop's running averages)."""
+    """Loss, correct predictions and batch size of one forward pass (for the loop's running averages): the
+    loss and the count as detached 0-dim tensors on the device (read without waiting for it), n an int."""
 
-    loss: float
-    correct: int
+    loss: torch.Tensor
+    correct: torch.Tensor
     n: int
 
 
@@ -50,14 +53,18 @@ class Functional:
     """The supernet as a function of (weights, batch): the weights are substituted for the module's own
     weight parameters; alphas stay the module's parameters, so autograd can reach them.
 
-    ``sync`` (optional) averages a list of gradient tensors in place across data-parallel ranks."""
+    ``sync`` (optional) averages a list of gradient tensors in place across data-parallel ranks. ``net``
+    (optional): the model's compiled forward (``gradnas.search.accel.CompiledForward``) to run instead;
+    ``precision`` bf16: every pass under bfloat16 autocast, the loss in float32."""
 
     def __init__(self, model: torch.nn.Module, weights: Sequence[torch.nn.Parameter],
-                 sync: Callable | None = None):
+                 sync: Callable | None = None, *, net=None, precision: str = "fp32"):
         self.model = model
         by_id = {id(p): name for name, p in model.named_parameters()}
         self.names = [by_id[id(w)] for w in weights]
         self.sync = sync
+        self.net = net
+        self.precision = precision
 
     def _grad(self, loss, inputs, *, materialize: bool = True):
         # Weights of ops a sampled (Gumbel) forward pass did not run get an exact zero gradient, or None
@@ -82,14 +89,28 @@ class Functional:
             if generator is not None:
                 generator.set_state(saved)
 
+    @contextmanager
+    def in_float32(self):
+        """The passes inside run without autocast, whatever the precision: the finite differences of
+        :func:`fd_hvp`, whose weight perturbation eps * v (0.01 in norm over all weights) is below bfloat16's
+        resolution of most weights; in bf16 they give noise (alpha gradients measured at a cosine of 0.09 to
+        0.7 to fp32's in tests/test_step_perf.py's setting, against >= 0.95 with float32 differences)."""
+        saved, self.precision = self.precision, "fp32"
+        try:
+            yield
+        finally:
+            self.precision = saved
+
     def forward(self, weights: Sequence[torch.Tensor], batch: Batch):
         x, y = batch
         # fresh copies of the buffers: training-mode BN updates its running statistics in place
         tensors = {name: buf.clone() for name, buf in self.model.named_buffers()}
         tensors.update(zip(self.names, weights))
-        logits = functional_call(self.model, tensors, (x,))
-        loss = F.cross_entropy(logits, y)
-        return loss, Pass(loss.item(), int((logits.detach().argmax(1) == y).sum()), y.numel())
+        with autocast(x.device, self.precision):
+            logits = (functional_call(self.model, tensors, (x,)) if self.net is None else
+                      self.net.functional(tensors, x))
+        loss = F.cross_entropy(full_precision(logits), y)
+        return loss, Pass(loss.detach(), (logits.detach().argmax(1) == y).sum(), y.numel())
 
     def weight_grad(self, weights, batch):
         """grad_w L(w, alpha; batch) (alpha's gradient is not computed)."""
@@ -144,8 +165,9 @@ def fd_hvp(fn: Functional, weights, alphas, v, batch, *, scale: float = FD_SCALE
     if norm == 0.0:  # f does not depend on w: the correction term is exactly zero
         return [torch.zeros_like(a) for a in alphas], 0.0
     eps = scale / norm
-    plus, _ = fn.alpha_grad([w + eps * t for w, t in zip(weights, v)], alphas, batch)
-    minus, _ = fn.alpha_grad([w - eps * t for w, t in zip(weights, v)], alphas, batch)
+    with fn.in_float32():
+        plus, _ = fn.alpha_grad([w + eps * t for w, t in zip(weights, v)], alphas, batch)
+        minus, _ = fn.alpha_grad([w - eps * t for w, t in zip(weights, v)], alphas, batch)
     return [(p - m) / (2 * eps) for p, m in zip(plus, minus)], eps
 
 

@@ -9,7 +9,8 @@ the run around that (metrics, checkpoints, callbacks) is ``gradnas.search.loop.S
 A plug-in method subclasses :class:`ArchOptimizer`, sets ``name`` (and ``orders``, ``uses_val_batch``), declares
 the config keys it reads (``reads``, e.g. ``("lambda",)``; an option no running component reads is refused)
 and, for settings of its own, ``config_section`` + ``config_class`` (a frozen dataclass, handed to it as
-``self.config``).
+``self.config``). Its forward passes go through ``self._forward`` (or call ``self.net`` under ``self._autocast``),
+so the search's ``compile`` and ``precision`` apply to them; ``self.model`` is the eager module.
 
 Notation: L_tr is the loss on the batch that trains w, L_val the loss on the batch from the
 architecture half of the split.
@@ -23,12 +24,20 @@ import torch
 import torch.nn.functional as F
 
 from gradnas.errors import GradnasError
-from gradnas.search import hypergrad
+from gradnas.search import accel, hypergrad
 from gradnas.search.algorithm import METHODS, method_class, register_method
 
 
 class StepStats(dict):
-    """Per-step numbers for the loop's running averages: loss/correct/count on each batch used."""
+    """Per-step numbers for the loop's running averages: ``{train,val}_loss`` / ``_correct`` / ``_n`` on each
+    batch used. The built-in methods give the loss and the correct count as 0-dim tensors on the device
+    (detached), the count as an int, so that a step never waits for the device; the epoch loop sums them
+    there and reads them where it shows or records them. Python numbers (a plug-in's) work as well;
+    ``float(stats["train_loss"])`` reads either (:meth:`numbers`: all of them)."""
+
+    def numbers(self) -> dict:
+        """The stats as Python numbers (waits for the device)."""
+        return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in self.items()}
 
 
 class ArchOptimizer:
@@ -44,7 +53,7 @@ class ArchOptimizer:
 
     def __init__(self, model, *, w_optim: torch.optim.Optimizer, a_optim: torch.optim.Optimizer,
                  grad_clip: float = 5.0, order: int = 1, lam: float = 1.0, xi: float | None = None,
-                 fd_scale: float | None = None, config=None):
+                 fd_scale: float | None = None, config=None, net=None, precision: str = "fp32"):
         if order not in self.orders:
             raise GradnasError(f"method {self.name!r} supports order {' or '.join(map(str, self.orders))}, "
                                f"not {order}")
@@ -70,15 +79,33 @@ class ArchOptimizer:
         self.fd_scale = hypergrad.FD_SCALE if fd_scale is None else fd_scale
         #: the method's own config section (an instance of ``config_class``), or None
         self.config = config if config is not None or self.config_class is None else self.config_class()
+        #: what runs the forward passes of a step: the model, or its compiled forward
+        #: (``gradnas.search.accel.compile_forward``); parameters, state and evaluation stay the model's
+        self.net = model if net is None else net
+        #: fp32, or bf16: the forward passes under bfloat16 autocast, losses in float32 (accel.autocast)
+        if precision not in accel.PRECISIONS:
+            raise GradnasError(f"precision must be one of {', '.join(accel.PRECISIONS)}, got {precision!r}")
+        self.precision = precision
 
     def step(self, train_batch, val_batch) -> StepStats:
         raise NotImplementedError
 
     # -- shared pieces
+    def begin_step(self) -> None:
+        """Called by the epoch loop before every step (CUDA graphs mark a new step)."""
+        if hasattr(self.net, "step_begin"):
+            self.net.step_begin()
+
+    def _autocast(self, x: torch.Tensor):
+        return accel.autocast(x.device, self.precision)
+
     def _forward(self, batch):
+        """(loss, correct, n) of the step's net on ``batch``: the loss a float32 tensor with its graph, the
+        correct count a detached 0-dim tensor, n an int."""
         x, y = batch
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
+        with self._autocast(x):
+            logits = self.net(x)
+        loss = F.cross_entropy(accel.full_precision(logits), y)  # under bf16 the loss in float32
         return loss, _correct(logits, y), y.numel()
 
     def _sync(self, tensors):
@@ -95,7 +122,8 @@ class ArchOptimizer:
         self._sync([p.grad for p in params])
 
     def _functional(self) -> hypergrad.Functional:
-        return hypergrad.Functional(self.model, self.weights, sync=self.grad_sync)
+        return hypergrad.Functional(self.model, self.weights, sync=self.grad_sync,
+                                    net=self.net if self.net is not self.model else None, precision=self.precision)
 
     def _current_xi(self) -> float:
         return self.w_optim.param_groups[0]["lr"] if self.xi is None else self.xi
@@ -138,8 +166,9 @@ class ArchOptimizer:
         pass
 
 
-def _correct(logits, y) -> int:
-    return int((logits.detach().argmax(1) == y).sum())
+def _correct(logits, y) -> torch.Tensor:
+    """Correct predictions of a batch, a 0-dim int64 tensor on the logits' device (read without a wait)."""
+    return (logits.detach().argmax(1) == y).sum()
 
 
 @register_method
@@ -157,7 +186,7 @@ class SingleLevel(ArchOptimizer):
         self._sync_param_grads(self.weights + self.alphas)
         self._weight_step()
         self.a_optim.step()
-        return StepStats(train_loss=loss.item(), train_correct=correct, train_n=n)
+        return StepStats(train_loss=loss.detach(), train_correct=correct, train_n=n)
 
 
 @register_method
@@ -178,7 +207,7 @@ class Bilevel(ArchOptimizer):
     def step(self, train_batch, val_batch):
         if self.order == 1:
             val_loss, val_correct, val_n, g_val = self._alpha_grad(val_batch)
-            val_loss = val_loss.item()
+            val_loss = val_loss.detach()
         else:
             fn = self._functional()
             unrolled = hypergrad.virtual_step(fn, self.weights, self.w_optim, train_batch, self._current_xi())
@@ -193,7 +222,7 @@ class Bilevel(ArchOptimizer):
         loss.backward(inputs=self.weights)
         self._sync_param_grads(self.weights)
         self._weight_step()
-        return StepStats(train_loss=loss.item(), train_correct=correct, train_n=n,
+        return StepStats(train_loss=loss.detach(), train_correct=correct, train_n=n,
                          val_loss=val_loss, val_correct=val_correct, val_n=val_n)
 
 
@@ -227,7 +256,7 @@ class MixedLevel(ArchOptimizer):
         self.w_optim.zero_grad(set_to_none=True)
         self.a_optim.zero_grad(set_to_none=True)
         loss, correct, n = self._forward(train_batch)
-        stats = StepStats(train_loss=loss.item(), train_correct=correct, train_n=n)
+        stats = StepStats(train_loss=loss.detach(), train_correct=correct, train_n=n)
         if self.order == 1:
             loss.backward()  # grad_w L_tr and grad_a L_tr in one pass
             self._sync_param_grads(self.weights + self.alphas)
@@ -235,7 +264,7 @@ class MixedLevel(ArchOptimizer):
                 val_loss, val_correct, val_n, g_val = self._alpha_grad(val_batch)
                 for a, g in zip(self.alphas, g_val):
                     a.grad.add_(g, alpha=self.lam)
-                stats.update(val_loss=val_loss.item(), val_correct=val_correct, val_n=val_n)
+                stats.update(val_loss=val_loss.detach(), val_correct=val_correct, val_n=val_n)
         else:
             loss.backward(inputs=self.weights)  # grad_w L_tr(w, a): the weight step and the virtual step
             self._sync_param_grads(self.weights)
