@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from gradnas import malloc
 from gradnas.config import SearchConfig
 from gradnas.errors import GradnasError
+from gradnas.search import accel
 from gradnas.search.loop import build_optimizers
 from gradnas.relax import make_relaxation
 from gradnas.search.methods import ArchOptimizer, METHODS, make_method
@@ -277,14 +279,24 @@ def _bench_one(spec: dict) -> dict:
 
     # the papers' default optimizers, exactly as a search builds them
     w_optim, a_optim, _ = build_optimizers(SearchConfig(relax=relax), model)
+    # the step's forward passes as a search with `compile` / `precision` runs them (gradnas.search.accel)
+    compile_mode, precision = spec.get("compile", "off"), spec.get("precision", "fp32")
+    net = accel.compile_forward(model, compile_mode)
     if spec["method"] == BASELINE:
         def step(tr, va):
+            if hasattr(net, "step_begin"):
+                net.step_begin()
             model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(tr[0]), tr[1]).backward()
+            with accel.autocast(device, precision):
+                logits = net(tr[0])
+            F.cross_entropy(accel.full_precision(logits), tr[1]).backward()
     else:
         method = make_method(spec["method"], model, w_optim=w_optim, a_optim=a_optim, grad_clip=5.0,
-                             order=spec["order"], lam=1.0)
-        step = method.step
+                             order=spec["order"], lam=1.0, net=net, precision=precision)
+
+        def step(tr, va):
+            method.begin_step()
+            return method.step(tr, va)
     # The FLOPs are counted over one untimed step: the first warm-up step, or (no warm-up) one more at the end.
     warmup, steps = spec["warmup"], spec["steps"]
     batches = [(batch(), batch()) for _ in range(max(warmup, 1) + steps)]
@@ -302,6 +314,7 @@ def _bench_one(spec: dict) -> dict:
     return {"method": spec["method"], "order": spec["order"], "sec_per_step": sec, "sec_min": min(times),
             "images_per_sec": spec["batch"] / sec, "peak_memory_gb": peak_gb, "peak_memory_kind": peak_kind,
             "batch": spec["batch"], "cells": spec["cells"], "channels": spec["channels"],
+            "compile": compile_mode, "precision": precision, "allocator": malloc.loaded(),
             "flops_per_step": flops, "gflops_per_sec": flops / sec / 1e9}
 
 
@@ -396,7 +409,8 @@ def sweep_table(key: str, points: list, rows: list) -> str:
 def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, device: str = "cpu",
               cells: int | None = None, channels: int = 16, size: int = 32, threads=None,
               space: str = "darts", relax: str = "softmax", sweep: tuple | None = None,
-              peak_seconds: float | None = None, progress=print) -> dict:
+              peak_seconds: float | None = None, compile: str = "off", precision: str = "fp32",
+              progress=print) -> dict:
     """Seconds per search step, peak memory, FLOPs and GFLOP/s of each of ``methods``, each in a fresh
     process, with the machine's load over each; ``sweep`` = (key, values) times them at each value of one of
     SWEEP_KEYS instead of the single ``batch`` / ``cells`` / ``channels``. ``threads``: None, N or "auto"."""
@@ -413,7 +427,8 @@ def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, devi
         space_cfg = space_config(space, cells=p["cells"], channels=p["channels"])  # bad names, sizes fail here
         if "cells" in keys:
             p["cells"] = getattr(space_cfg, keys["cells"])  # the default, when not given
-    make_relaxation(relax)
+    accel.check_compile(compile, relaxation=make_relaxation(relax), device=device)
+    accel.check_precision(precision, device)
     for m in methods:
         per_batch = sorted(n for n, c in METHODS.items() if issubclass(c, ArchOptimizer))
         if m != BASELINE and m.split(":")[0] not in per_batch:
@@ -434,7 +449,8 @@ def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, devi
         for m in methods:
             name, _, order = m.partition(":")
             spec = {"method": name, "order": int(order or 1), "steps": steps, "warmup": warmup, "device": device,
-                    "size": size, "threads": threads, "space": space, "relax": relax, **p}
+                    "size": size, "threads": threads, "space": space, "relax": relax, "compile": compile,
+                    "precision": precision, **p}
             row = _measured(_bench_one, spec)
             row["peak_share"] = row["gflops_per_sec"] / peak["gflops_per_sec"]
             progress(_format_row(m, row))
@@ -450,7 +466,8 @@ def run_bench(*, methods, batch: int = 64, steps: int = 3, warmup: int = 2, devi
     if summary:
         progress(f"warning: {summary}")
     swept = sweep[0] if sweep is not None else None
-    settings = {"space": space, "relax": relax, "steps": steps, "warmup": warmup, "device": device,
+    settings = {"space": space, "relax": relax, "compile": compile, "precision": precision, "steps": steps,
+                "warmup": warmup, "device": device, "allocator": rows[0]["allocator"] if rows else malloc.loaded(),
                 **{k: (None if k == swept else points[0][k]) for k in SWEEP_KEYS},
                 "input": [3, size, size], "classes": 10, "threads": threads, "threads_reason": threads_reason,
                 "torch": torch.__version__, "machine": platform.processor() or platform.machine(),

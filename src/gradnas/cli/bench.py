@@ -40,7 +40,11 @@ def add_parser(sub):
     p.add_argument("--train", action="store_true", help="time training steps of an evaluation network instead")
     p.add_argument("--genotype", help="with --train: the genotype (file, string or run folder; default DARTS_V2)")
     p.add_argument("--setting", help="with --train: cifar (default), imagenet, nb201, quick or a YAML file")
-    p.add_argument("--precision", help="with --train: comma-separated precisions (default fp32,bf16)")
+    p.add_argument("--precision", help="search steps: fp32 (default) or bf16 (autocast, as --precision of gradnas "
+                                       "search); with --train: comma-separated precisions (default fp32,bf16)")
+    p.add_argument("--compile", help="search steps: off (default), default, reduce-overhead (CUDA graphs) or "
+                                     "max-autotune: the supernet forward through torch.compile, as gradnas search "
+                                     "--compile")
     p.add_argument("--channels-last", help="with --train: off, on or off,on (the default)")
     p.add_argument("--out", default="bench.json", help="JSON file for the results")
     return p
@@ -113,7 +117,7 @@ def run(args) -> int:
             raise GradnasError("--sweep times search steps; it does not go with --train")
         result = _bench_train(args, device)
     else:
-        for flag in ("genotype", "setting", "precision", "channels_last"):
+        for flag in ("genotype", "setting", "channels_last"):
             if getattr(args, flag) is not None:
                 raise GradnasError(f"--{flag.replace('_', '-')} goes with --train (timing an evaluation network)")
         sweep = _sweep(args)
@@ -127,7 +131,7 @@ def run(args) -> int:
         logger.info(f"gradnas bench: space {space}, relax {relax}, {', '.join(shape.values())}, device {device}")
         result = run_bench(methods=methods, batch=batch, steps=args.steps, warmup=args.warmup, device=device,
                            cells=args.cells, channels=channels, threads=args.threads, space=space, relax=relax,
-                           sweep=sweep)
+                           sweep=sweep, compile=args.compile or "off", precision=args.precision or "fp32")
     write_bench(result, args.out)
     print(f"written {args.out}")
     return 0
