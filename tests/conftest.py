@@ -94,3 +94,17 @@ def tiny_nb201(relax="softmax", *, cells_per_stage=1, channels=4, in_channels=3,
     with torch.no_grad():
         model.alpha.copy_(torch.randn(model.alpha.shape, generator=torch.Generator().manual_seed(seed + 1)))
     return model.to(dtype)
+
+
+@pytest.fixture(autouse=True)
+def _threads_per_xdist_worker(_threads):
+    """Under pytest-xdist, each worker gets its share of the cores (2 workers on 2 cores: 1 thread each), and so do
+    the processes it starts (OMP_NUM_THREADS, unless set): two workers of 2 threads each on 2 cores make OpenMP's
+    threads wait on each other, many times slower on the tiny tensors of these tests."""
+    import os
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        share = max(1, cores // workers)
+        torch.set_num_threads(share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))

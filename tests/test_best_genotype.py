@@ -87,7 +87,7 @@ def test_best_before_the_file_existed_is_chosen_from_the_metrics(tmp_path):
 # ---- gradnas train --pick
 
 TRAIN = ["--threads", "1", "--epochs", "1", "--cells", "3", "--channels", "4", "--batch-size", "32", "--set",
-         "data.subset=64", "--quiet"]
+         "data.subset=64", "--set", "data.test_subset=256", "--quiet"]  # 256 of the 10k test images
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "train"
     cfg = TrainConfig.from_dict({
         "epochs": 1, "batch_size": 32, "seed": 1, "device": "cpu", "threads": 1,
-        "data": {"dataset": "fashion-mnist", "data_dir": FMNIST, "subset": 128, "cutout": 0, "crop_padding": 0},
+        "data": {"dataset": "fashion-mnist", "data_dir": FMNIST, "subset": 128, "test_subset": 256, "cutout": 0,
+                 "crop_padding": 0},
         "network": {"cells": 3, "channels": 4, "auxiliary_weight": 0.4, "drop_path": 0.1}})
     training = Training(cfg, load_genotype(DARTS_GENO), out, progress=False)
     training.run()

@@ -29,7 +29,8 @@ def _one_thread(_threads):
 def _train(out, *, seed=1, fraction=0.0, genotype=NB201_GENO):
     cfg = TrainConfig.from_dict({
         "epochs": 2, "batch_size": 32, "seed": seed, "device": "cpu", "threads": 1,
-        "data": {"dataset": "fashion-mnist", "data_dir": FMNIST, "subset": 64, "cutout": 0, "valid_fraction": fraction},
+        "data": {"dataset": "fashion-mnist", "data_dir": FMNIST, "subset": 64, "test_subset": 128, "cutout": 0,
+                 "valid_fraction": fraction},
         "network": {"cells": 1, "channels": 4, "auxiliary_weight": 0.0, "drop_path": 0.0},
         "optim": {"lr": 0.1}})
     Training(cfg, load_genotype(genotype), out, progress=False).run()
