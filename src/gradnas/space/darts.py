@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from gradnas.errors import GradnasError
 from gradnas.relax import Relaxation
 from gradnas.space.genotype import Genotype, derive_genotype
-from gradnas.space.ops import DARTS_OPS, OPS, SCALES_IN_BN, STARTS_WITH_RELU, FactorizedReduce, ReLUConvBN, check_op_names
+from gradnas.space.ops import (DARTS_OPS, OPS, SCALES_IN_BN, STARTS_WITH_RELU, FactorizedReduce, ReLUConvBN,
+                               check_op_names, set_recompute)
 
 POOLS = {"max_pool_3x3": "max", "avg_pool_3x3": "avg"}
 STEMS = ("cifar", "imagenet")
@@ -47,6 +48,9 @@ class DartsSpaceConfig:
     stem_multiplier: int = 3
     channels_last: bool = True  # memory format of activations and weights; ~1.5x faster convs on CPU
     stem: str = "cifar"          # cifar: one stride-1 conv; imagenet: three stride-2 convs (input / 8)
+    # separable / dilated convs keep only their input for backward and recompute the rest (gradnas.space.ops
+    # _ConvsBN): about half the activation memory, bitwise the same numbers, some time (false: store them)
+    recompute: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "ops", tuple(self.ops))
@@ -202,6 +206,7 @@ class DartsSupernet(nn.Module):
         self.alpha_reduce = nn.Parameter(relaxation.init_alpha(n_edges, n_ops, generator))
         if cfg.channels_last:
             self.to(memory_format=torch.channels_last)
+        set_recompute(self, cfg.recompute)
 
     # -- parameter split: the only place that decides what is a weight and what is an architecture parameter
     def arch_parameters(self) -> list:
