@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU check of gradnas (issue 20): the device-aware tests on CUDA, then gradnas bench on both
 # spaces at batch 64 and 256 beside the two reference implementations on the same GPU, then the compiled and
-# bf16 search steps. Budget: under 8 minutes (2 + 2.8 + 3 minutes at most) on one H200-class GPU; each part has its own time limit, and a
-# part that fails or times out does not stop the next.
+# bf16 search steps. Budget: under 8 minutes on one H200-class GPU (2 + 2.8 + 3 minutes at most: each part has
+# its own time limit, and a part that fails or times out does not stop the next). Not yet run on a GPU.
 #
 # Prepare on the CPU machine, in the repo root (the folder .refs/ is git-ignored through .git/info/exclude):
 #     bash scripts/gpu-check.sh --prepare
