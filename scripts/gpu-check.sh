@@ -19,7 +19,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
     set -e
     repo=${MILENAS_REPO:-/work/refs/milenas}
     py=${XAUTODL_PYTHON:-/work/refs/xautodl-venv/bin/python}
-    grep -qx '/.refs/' .git/info/exclude 2>/dev/null || echo '/.refs/' >> .git/info/exclude
+    mkdir -p .git/info && { grep -qx '/.refs/' .git/info/exclude 2>/dev/null || echo '/.refs/' >> .git/info/exclude; }
     rm -rf .refs && mkdir -p .refs/site
     cp -r "$repo" .refs/milenas
     cp -r "$("$py" -c 'import os, xautodl; print(os.path.dirname(xautodl.__file__))')" .refs/site/xautodl
