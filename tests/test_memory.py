@@ -57,15 +57,21 @@ def test_conv_recompute_is_bitwise_the_plain_ops(kind, affine, stride, k, channe
 
 @pytest.mark.parametrize("kind,train", list(itertools.product(["sep", "dil"], [True, False])))
 def test_conv_recompute_alpha_only_pass(kind, train):
-    """No weight needs a gradient (an alpha-only pass): the input and scale gradients still equal the plain ops'."""
+    """No weight needs a gradient (an alpha-only pass): the input and scale gradients still equal the plain ops'.
+
+    The separable conv's first half takes the input-only shortcut of _DepthwisePointwise (its 1x1 conv's input
+    gradient as a forward conv with the transposed weight), which on one thread rounds differently from
+    autograd's conv backward (measured 1e-6 on the input gradient; equal on two threads): there the input
+    gradient is compared to 1e-5, the scale's (alpha's) gradient still bit for bit."""
     op, ref, x = _pair(False, 1, 3, True, train, kind)
     for p in [*op.parameters(), *ref.parameters()]:
         p.requires_grad_(False)
     scale = torch.tensor(1.3, requires_grad=True)
     up = torch.randn(3, 4, 9, 9)
-    got = torch.autograd.grad(op(x, scale=scale), [x, scale], up)
-    want = torch.autograd.grad(_plain(ref, x, scale), [x, scale], up)
-    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    (gx, gs) = torch.autograd.grad(op(x, scale=scale), [x, scale], up)
+    (wx, ws) = torch.autograd.grad(_plain(ref, x, scale), [x, scale], up)
+    assert torch.equal(gs, ws)
+    assert torch.equal(gx, wx) if kind == "dil" else torch.allclose(gx, wx, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("with_in_bn", [True, False])
@@ -128,9 +134,10 @@ def test_recompute_refuses_a_second_derivative(kind):
 
 
 def test_supernet_recompute_switch_changes_memory_not_numbers():
-    """supernet.recompute (default true) against false: the same MiLeNAS-1st steps bit for bit (weights,
-    alphas, BN statistics), and the recomputing supernet keeps less: 70% here (stem and preprocessing weigh more
-    in this small one; 53% in the default supernet at batch 64)."""
+    """supernet.recompute (default true) against false: the same MiLeNAS-1st steps (weights and BN statistics
+    bit for bit; alphas to 1e-8: the alpha-only pass's conv input gradients round differently on one thread, see
+    test_conv_recompute_alpha_only_pass; measured 1.2e-10), and the recomputing supernet keeps less: 70% here
+    (stem and preprocessing weigh more in this small one; 53% in the default supernet at batch 64)."""
     from dataclasses import replace
 
     from gradnas.config import SearchConfig
@@ -156,4 +163,7 @@ def test_supernet_recompute_switch_changes_memory_not_numbers():
         models.append(model)
     assert kept[0] <= 0.75 * kept[1], kept
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
-        assert torch.equal(a, b), name
+        if name.startswith("alpha_"):
+            assert torch.allclose(a, b, rtol=0, atol=1e-8), name
+        else:
+            assert torch.equal(a, b), name

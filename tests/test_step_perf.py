@@ -356,3 +356,12 @@ def test_fp32_is_the_default_and_takes_no_autocast(device):
         assert torch.equal(states[0][key], states[1][key]), key
     with pytest.raises(GradnasError, match="precision must be one of fp32, bf16"):
         _method("darts", 1, tiny_supernet(), precision="fp16")
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_prefetcher_keeps_a_repeated_batch_one_object(ahead, device):
+    """Same-batch alpha data hands the train pair as the validation pair: after the move it is still the very
+    same pair (the methods may rely on it, tests/test_switches.py checks ``val is train``)."""
+    pair = (torch.randn(2, 3), torch.arange(2))
+    (train, val), = list(accel.Prefetcher([(pair, pair)], device, ahead=ahead))
+    assert val is train and train[0].device.type == torch.device(device).type

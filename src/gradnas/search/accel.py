@@ -159,16 +159,24 @@ class Prefetcher:
             except StopIteration:
                 return _END
 
-    def _move(self, item):
+    def _move(self, item, memo=None):
+        # ``memo``: what each object of this item became, so an object that appears twice (same-batch alpha
+        # data hands the train pair as the validation pair) is still one object afterwards
+        memo, key = ({} if memo is None else memo), id(item)
+        if key in memo:
+            return memo[key]
         if isinstance(item, torch.Tensor):
-            if item.device == self.device:
-                return item
-            if self.device.type == "cuda" and item.device.type == "cpu" and not item.is_pinned():
-                item = item.pin_memory()
-            return item.to(self.device, non_blocking=True)
-        if isinstance(item, (tuple, list)):
-            return type(item)(self._move(t) for t in item)
-        return item
+            out = item
+            if item.device != self.device:
+                if self.device.type == "cuda" and item.device.type == "cpu" and not item.is_pinned():
+                    item = item.pin_memory()
+                out = item.to(self.device, non_blocking=True)
+        elif isinstance(item, (tuple, list)):
+            out = type(item)(self._move(t, memo) for t in item)
+        else:
+            out = item
+        memo[key] = out
+        return out
 
     def _record(self, item, stream) -> None:
         # tensors made on the side stream are used on the compute stream: keep their memory until it is done
