@@ -155,6 +155,12 @@ class _DepthwisePointwise(torch.autograd.Function):
         return grad_x, grad_dw, grad_pw if need_pw else None, None, None
 
 
+def _recomputes(op: nn.Module) -> bool:
+    """Does a separable / dilated conv keep little and recompute in backward now: its ``recompute`` is on,
+    autograd records, and the graph need not be differentiated twice (plain ops then)?"""
+    return op.recompute and torch.is_grad_enabled() and not _TWICE_DIFFERENTIABLE
+
+
 def set_recompute(module: nn.Module, on: bool) -> None:
     """Turn the recomputation of the separable / dilated convs inside ``module`` on (the default) or off
     (they store their activations: measured on the DARTS supernet at batch 64, DARTS-1st and MiLeNAS-1st
@@ -172,6 +178,8 @@ def _out_bn_weights(bn: nn.BatchNorm2d, scale):
         return bn.weight, bn.bias
     if bn.affine:
         raise ValueError("scaled_batch_norm is for affine-free (search) BatchNorm")
+    # A real (contiguous) weight vector: torch 2.13's CPU BN backward returns a wrong input gradient for
+    # channels_last input when the weight is a stride-0 expand (checked by tests/test_space.py).
     return scale.expand(bn.num_features).contiguous(), None
 
 
@@ -259,16 +267,7 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor |
     """
     if scale is None:
         return bn(x)
-    if bn.affine:
-        raise ValueError("scaled_batch_norm is for affine-free (search) BatchNorm")
-    if bn.training and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-    use_batch_stats = bn.training or not bn.track_running_stats
-    # A real (contiguous) weight vector: torch 2.13's CPU BN backward returns a wrong input gradient for
-    # channels_last input when the weight is a stride-0 expand (checked by tests/test_space.py).
-    weight = scale.expand(x.shape[1]).contiguous()
-    return F.batch_norm(x, bn.running_mean, bn.running_var, weight, None, use_batch_stats, momentum, bn.eps)
+    return _batch_norm(bn, x, *_out_bn_weights(bn, scale))
 
 
 class _ScalesInBN(nn.Module):
@@ -337,7 +336,7 @@ class DilConv(_ScalesInBN):
 
     @torch.jit.unused
     def _recomputes(self) -> bool:
-        return self.recompute and torch.is_grad_enabled() and not _TWICE_DIFFERENTIABLE
+        return _recomputes(self)
 
     @torch.jit.unused
     def _convs_bn(self, x, scale):  # (unannotated: TorchScript reads an unused method's types as Tensors)
@@ -371,7 +370,7 @@ class SepConv(nn.Module):
 
     @torch.jit.unused
     def _eager(self, x, pre_activated, scale):  # (unannotated: TorchScript reads an unused method's types as Tensors)
-        if not (self.recompute and torch.is_grad_enabled() and not _TWICE_DIFFERENTIABLE):
+        if not _recomputes(self):
             return self.second(self.first(x, pre_activated), scale=scale)
         # With gradients: the first block as its own (_DepthwisePointwise, keeping its input), the rest as one
         # recomputed block (_ConvsBN, keeping the first block's output only).
